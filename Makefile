@@ -1,0 +1,30 @@
+# Commands for a fresh machine: `make demo` (headless demo, images in out/) and `make test`.
+# COMFYUI_PATH=/path/to/ComfyUI uses an existing ComfyUI instead of the one `make setup` fetches.
+SHELL := /bin/bash
+PY := .venv/bin/python
+COMFYUI_PATH ?= $(CURDIR)/.host/ComfyUI
+export COMFYUI_PATH
+PORT ?= 8188
+
+.PHONY: setup demo test test-fast serve bench clean
+
+setup: .venv/.setup-done
+
+.venv/.setup-done: tools/setup_host.sh requirements-dev.txt
+	bash tools/setup_host.sh
+	touch $@
+
+demo: setup
+	$(PY) -m tools.demo --out out
+
+test: setup
+	$(PY) -m pytest -c tests/pytest.ini -q
+
+test-fast: setup
+	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser"
+
+serve: setup
+	cd "$(COMFYUI_PATH)" && $(CURDIR)/$(PY) main.py --cpu --listen 127.0.0.1 --port $(PORT)
+
+clean:
+	rm -rf .venv .host out test-artifacts

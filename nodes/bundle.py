@@ -1,0 +1,46 @@
+"""The P2P_EDIT value passed between nodes: the engine's edit batch plus the host's conditioning."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..p2p import EditBatch
+
+__all__ = ["EditBundle", "P2P_EDIT"]
+
+P2P_EDIT = "P2P_EDIT"
+
+
+@dataclass(frozen=True, eq=False)
+class EditBundle:
+    batch: EditBatch
+    conditionings: tuple  # CONDITIONING of the source, then of each edit
+    split_words: Callable[[str], list[str]]  # splits a phrase into the prompts' words
+
+    @property
+    def source_prompt(self) -> str:
+        return self.batch.source.text
+
+    def with_batch(self, batch: EditBatch, conditioning=None) -> "EditBundle":
+        conds = self.conditionings if conditioning is None else self.conditionings + (conditioning,)
+        return dataclasses.replace(self, batch=batch, conditionings=conds)
+
+    def positive(self) -> list:
+        """One CONDITIONING entry with a batch row per prompt: [source, edit 1, ..., edit N].
+
+        Prompts of different lengths are repeated to a common length, as ComfyUI itself does when it
+        batches conditionings (attention over repeated keys is the same attention).
+        """
+        firsts = [c[0] for c in self.conditionings]
+        tensors = [t for t, _ in firsts]  # [1, L_i, D]
+        length = math.lcm(*(t.shape[1] for t in tensors))
+        cond = torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors])
+        meta = dict(firsts[0][1])
+        if "pooled_output" in meta:
+            meta["pooled_output"] = torch.cat([m["pooled_output"] for _, m in firsts])
+        return [[cond, meta]]

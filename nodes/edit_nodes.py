@@ -1,0 +1,183 @@
+"""Nodes that describe an edit: P2PEditSpec, P2PReweight, P2PLocalBlend."""
+
+from __future__ import annotations
+
+from ..p2p import MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, make_edit, parse_phrases, parse_schedule, parse_weights
+from .bundle import P2P_EDIT, EditBundle
+from .errors import input_error, node_input
+from .tokenize import prompt_tokens, word_splitter
+
+__all__ = ["P2PEditSpec", "P2PReweight", "P2PLocalBlend", "SELF_LAYERS"]
+
+CATEGORY = "prompt_to_prompt"
+
+# Which self-attention layers get the source's map: name -> coarsest-to-finest cut (latent size / layer size)
+SELF_LAYERS = {"coarse": 4, "coarse+medium": 2, "all": 1}
+
+
+def _encode(clip, text: str):
+    tokens = clip.tokenize(text)
+    return tokens, clip.encode_from_tokens_scheduled(tokens)
+
+
+class P2PEditSpec:
+    DESCRIPTION = (
+        "Describes a Prompt-to-Prompt edit: the source prompt (what the picture shows) and an edited prompt. "
+        "The edited image is generated beside the source with the source's attention injected, so only what the "
+        "words changed changes. Chain several through 'previous' to make several edits in one batch."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (P2P_EDIT,)
+    RETURN_NAMES = ("edit",)
+    OUTPUT_TOOLTIPS = ("The edit batch: the source prompt and every edited prompt so far.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "The text encoder of the model you sample with."}),
+                "source_prompt": ("STRING", {"multiline": True, "default": "a photo of a cat riding a bicycle",
+                                             "tooltip": "The prompt of the original picture."}),
+                "target_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog riding a bicycle",
+                                             "tooltip": "The edited prompt: swap, add, remove or move words."}),
+                "mode": (list(MODES), {"default": "auto", "tooltip":
+                    "replace: word swap, both prompts have the same number of words and word i takes the attention "
+                    "of word i. refine: words added, removed or moved; kept words are matched by alignment and new "
+                    "words keep their own attention. auto: replace when the word counts match, else refine."}),
+                "cross_replace": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Fraction of the steps, from the start, during which the source's cross-attention maps are "
+                    "injected. Higher keeps more of the layout; lower lets the new words reshape more."}),
+                "self_replace": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Fraction of the steps, from the start, during which the source's self-attention maps are "
+                    "injected. Keeps shapes and details; 0.2-0.7 is the useful range."}),
+                "self_layers": (list(SELF_LAYERS), {"default": "coarse", "tooltip":
+                    "Self-attention layers that get the source's maps. coarse: 1/4 of the latent resolution and "
+                    "below (16x16 at 512 px for SD1.5, as in the paper); coarse+medium: 1/2 and below; all: every "
+                    "layer (affordable here: the map is never stored)."}),
+            },
+            "optional": {
+                "word_schedule": ("STRING", {"multiline": False, "default": "", "tooltip":
+                    "Per-word injection windows for words of the edited prompt, overriding cross_replace: "
+                    "'car: 0.2, sunglasses: 0-0.5' (end, or start-end, as fractions of the steps)."}),
+                "previous": (P2P_EDIT, {"tooltip":
+                    "An edit with the same source prompt: this edit is added to its batch, so one run makes all."}),
+            },
+        }
+
+    def build(self, clip, source_prompt, target_prompt, mode, cross_replace, self_replace, self_layers,
+              word_schedule="", previous=None):
+        node = "P2PEditSpec"
+        if clip is None:
+            raise input_error(node, "clip", "no CLIP (the checkpoint loader found no text encoder)")
+        try:
+            src_tokens, src_cond = _encode(clip, source_prompt)
+            source = prompt_tokens(clip, source_prompt, src_tokens)
+            split = word_splitter(clip, src_tokens)
+        except ValueError as e:
+            raise input_error(node, "clip", str(e)) from None
+        if previous is not None and previous.source_prompt.strip() != source_prompt.strip():
+            raise input_error(node, "source_prompt",
+                              f'differs from the source prompt of "previous" ("{previous.source_prompt}"); '
+                              "every edit of one batch starts from the same source")
+        tgt_tokens, tgt_cond = _encode(clip, target_prompt)
+        target = prompt_tokens(clip, target_prompt, tgt_tokens)
+        with node_input(node, "word_schedule"):
+            windows = [(split(phrase), window) for phrase, window in parse_schedule(word_schedule)]
+        with node_input(node, "word_schedule" if windows else "target_prompt"):
+            edit = make_edit(source, target, mode, cross_replace, self_replace, windows, SELF_LAYERS[self_layers])
+        if previous is None:
+            return (EditBundle(EditBatch(source, (edit,)), (src_cond, tgt_cond), split),)
+        return (previous.with_batch(previous.batch.with_edit(edit), tgt_cond),)
+
+
+class P2PReweight:
+    DESCRIPTION = (
+        "Re-weights words of the last edited prompt (the paper's attention fader): >1 strengthens a word, "
+        "values between 0 and 1 weaken it, negative values push it away. Acts while cross-attention is injected."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (P2P_EDIT,)
+    RETURN_NAMES = ("edit",)
+    FUNCTION = "reweight"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        lo, hi = REWEIGHT_RANGE
+        return {
+            "required": {
+                "edit": (P2P_EDIT, {"tooltip": "The edit whose last edited prompt is re-weighted."}),
+                "weights": ("STRING", {"multiline": False, "default": "", "tooltip":
+                    f"Words of the edited prompt and their attention weights, {lo:g} to {hi:g}: 'fluffy: -2, red: 1.5'. "
+                    "A phrase of several words re-weights each of them."}),
+            }
+        }
+
+    def reweight(self, edit: EditBundle, weights: str):
+        node = "P2PReweight"
+        last = edit.batch.edits[-1]
+        with node_input(node, "weights"):
+            entries = parse_weights(weights)
+            if not entries:
+                raise input_error(node, "weights", "no 'word: weight' entries given")
+            for phrase, weight in entries:
+                last = last.reweighted(last.target.find(edit.split_words(phrase)), weight)
+        return (edit.with_batch(edit.batch.with_last(last)),)
+
+
+class P2PLocalBlend:
+    DESCRIPTION = (
+        "Restricts the last edit to where the named words are: from 'start' on, the edited image is kept equal to "
+        "the source outside a mask made from the attention of the source and target words."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (P2P_EDIT,)
+    RETURN_NAMES = ("edit",)
+    FUNCTION = "blend"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "edit": (P2P_EDIT, {"tooltip": "The edit whose last edited prompt is blended locally."}),
+                "source_words": ("STRING", {"default": "", "tooltip":
+                    "Words of the source prompt marking the region to edit, separated by commas ('cat' or 'cat, hat')."}),
+                "target_words": ("STRING", {"default": "", "tooltip":
+                    "Words of the edited prompt marking the region to edit ('dog'). Either side may be empty."}),
+                "threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Fraction of the strongest attention above which a pixel belongs to the edited region. "
+                    "Lower grows the region."}),
+                "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Fraction of the steps after which blending starts (the mask needs a few steps to settle)."}),
+            },
+            "optional": {
+                "subtract_words": ("STRING", {"default": "", "tooltip":
+                    "Words (of either prompt) whose region is excluded from the edit, e.g. an object to protect."}),
+            },
+        }
+
+    def blend(self, edit: EditBundle, source_words, target_words, threshold, start, subtract_words=""):
+        node = "P2PLocalBlend"
+        batch, last = edit.batch, edit.batch.edits[-1]
+
+        def positions(tokens, text, input_name):
+            with node_input(node, input_name):
+                return tuple(p for phrase in parse_phrases(text) for p in tokens.find(edit.split_words(phrase)))
+
+        source_pos = positions(batch.source, source_words, "source_words")
+        target_pos = positions(last.target, target_words, "target_words")
+        sub_source, sub_target = [], []
+        for phrase in parse_phrases(subtract_words):
+            words = edit.split_words(phrase)
+            found = False
+            for tokens, out in ((batch.source, sub_source), (last.target, sub_target)):
+                try:
+                    out.extend(tokens.find(words))
+                    found = True
+                except ValueError:
+                    pass
+            if not found:
+                raise input_error(node, "subtract_words", f'"{phrase}" is in neither prompt')
+        with node_input(node, "source_words" if not (source_pos or target_pos) else "threshold"):
+            spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), threshold, start)
+        return (edit.with_batch(batch.with_last(last.blended(spec))),)

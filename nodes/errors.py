@@ -1,0 +1,22 @@
+"""Errors that name the node and the input at fault."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ..p2p import P2PError
+
+__all__ = ["input_error", "node_input"]
+
+
+def input_error(node: str, input_name: str, message: str) -> ValueError:
+    return ValueError(f"{node}: input '{input_name}': {message}")
+
+
+@contextmanager
+def node_input(node: str, input_name: str):
+    """Re-raise the engine's P2PError as a message that names the node and the input."""
+    try:
+        yield
+    except P2PError as e:
+        raise input_error(node, input_name, str(e)) from None

@@ -1,0 +1,61 @@
+"""Where a UNet's attention layers are, enumerated from the model itself (no tables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
+
+__all__ = ["AttentionSite", "attention_sites", "UnsupportedModel", "nearest_downsample"]
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    key: tuple[str, int, int]  # ComfyUI's replace-patch key: (block, block id, index in the block)
+    downsample: int  # latent size / this layer's size
+
+
+def attention_sites(model_patcher) -> list[AttentionSite]:
+    """Every transformer block with text cross-attention, with its resolution class.
+
+    Raises UnsupportedModel for models that are not UNets with cross-attention (Flux, SD3, ...).
+    """
+    dm = model_patcher.get_model_object("diffusion_model")
+    if not isinstance(dm, UNetModel):
+        raise UnsupportedModel(
+            f"{type(dm).__name__} models are not supported yet: Prompt-to-Prompt here needs a UNet with "
+            "text cross-attention (SD1.x, SD2.x, SDXL and their fine-tunes)"
+        )
+    sites: list[AttentionSite] = []
+    factor = 1
+
+    def visit(block_name: str, block_id: int, block) -> None:
+        for layer in block:
+            if isinstance(layer, SpatialTransformer):
+                for index, tb in enumerate(layer.transformer_blocks):
+                    if getattr(tb, "attn2", None) is not None:
+                        sites.append(AttentionSite((block_name, block_id, index), factor))
+
+    for block_id, block in enumerate(dm.input_blocks):
+        visit("input", block_id, block)
+        if any(isinstance(layer, Downsample) for layer in block):
+            factor *= 2
+    visit("middle", 0, dm.middle_block)
+    for block_id, block in enumerate(dm.output_blocks):
+        visit("output", block_id, block)
+        if any(isinstance(layer, Upsample) for layer in block):
+            factor //= 2
+    if not sites:
+        raise UnsupportedModel("this UNet has no text cross-attention layers, so there is nothing to edit")
+    return sites
+
+
+def nearest_downsample(sites: list[AttentionSite], wanted: int = 4) -> int:
+    """The resolution class closest to `wanted` (1/4 of the latent: the paper's 16x16 maps at 512 px)."""
+    factors = sorted({s.downsample for s in sites})
+    return min(factors, key=lambda f: (abs(f - wanted), f))

@@ -1,0 +1,25 @@
+"""Prompt-to-Prompt editing engine (Hertz et al., ICLR 2023), in plain PyTorch.
+
+Nothing here imports ComfyUI: the host adapter (`nodes/`) translates the host's attention calls into
+`LayerCall`s and hands the engine its own attention function.
+"""
+
+from .align import TokenMapping, global_align, identity_mapping, refine_mapping, replace_mapping
+from .errors import P2PError
+from .local_blend import BlendMaps, blend, blend_mask
+from .runtime import EditRun, LayerCall
+from .schedule import Window, step_of_sigma, token_alphas
+from .spec import MODES, REWEIGHT_RANGE, Edit, EditBatch, LocalBlend, make_edit
+from .text_inputs import parse_phrases, parse_schedule, parse_weights
+from .tokens import END, PAD, START, WORD, PromptTokens, TokenPiece, Word
+
+__all__ = [
+    "TokenMapping", "global_align", "identity_mapping", "refine_mapping", "replace_mapping",
+    "P2PError",
+    "BlendMaps", "blend", "blend_mask",
+    "EditRun", "LayerCall",
+    "Window", "step_of_sigma", "token_alphas",
+    "MODES", "REWEIGHT_RANGE", "Edit", "EditBatch", "LocalBlend", "make_edit",
+    "parse_phrases", "parse_schedule", "parse_weights",
+    "END", "PAD", "START", "WORD", "PromptTokens", "TokenPiece", "Word",
+]

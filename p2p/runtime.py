@@ -1,0 +1,181 @@
+"""The per-run controller: edits attention layer by layer and blends latents step by step.
+
+One `EditRun` exists per sampling run and owns everything that changes during it (the current step,
+the local-blend maps and masks). The host adapter calls it from its attention patches with a
+`LayerCall` telling which batch rows hold the source and the edits, and with `attend`, the host's
+own attention function, which computes every row the run does not change.
+
+Batch rows: the latent batch is [source, edit 1, ..., edit N]; the host runs the conditional and the
+unconditional branches in chunks of that size. Only the conditional rows of the edits are changed;
+the unconditional branch and the source are never edited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .attention import apply_probabilities, fold_tokens, mix_cross, probabilities
+from .local_blend import SOURCE, SUBTRACT_SOURCE, SUBTRACT_TARGET, TARGET, BlendMaps, blend
+from .schedule import step_of_sigma
+from .spec import EditBatch
+
+__all__ = ["LayerCall", "EditRun", "Attend"]
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """Where the source and the edits sit in one attention call, and the layer's geometry."""
+
+    source_row: int
+    edit_rows: tuple[int, ...]  # one row per edit, in batch order
+    heads: int
+    spatial: tuple[int, int]  # (h, w) grid of the queries
+    downsample: int  # latent size / layer size (1 = full resolution)
+
+
+@dataclass(frozen=True, eq=False)
+class _EditTensors:
+    weights: torch.Tensor  # [Ls, Le]
+    own: torch.Tensor  # [Le]
+    equalizer: torch.Tensor  # [Le]
+    alphas: torch.Tensor  # [num_steps, Le]
+
+
+class EditRun:
+    def __init__(self, batch: EditBatch, num_steps: int, blend_downsample: int | None = None):
+        self.batch = batch
+        self.num_steps = max(num_steps, 1)
+        self.blend_downsample = blend_downsample
+        self.step = 0
+        self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
+        # Decided on the CPU up front so that no layer call waits on the device to ask.
+        self._cross_on = [[bool(a[s].any()) for s in range(self.num_steps)] for a in self._alphas]
+        self._self_on = [[e.self_window.contains(s, self.num_steps) for s in range(self.num_steps)] for e in batch.edits]
+        self.blend_maps = [BlendMaps(e.local_blend) if e.local_blend is not None else None for e in batch.edits]
+        self._blend_start = [
+            e.local_blend.start if e.local_blend is not None else None for e in batch.edits
+        ]
+        self.masks: list[torch.Tensor | None] = [None] * len(batch.edits)
+        self._tensors: dict[tuple[int, torch.device], _EditTensors] = {}
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def begin_evaluation(self, sigma: float, sample_sigmas: list[float]) -> int:
+        """Called once per model evaluation, before the UNet runs."""
+        self.step = step_of_sigma(sigma, sample_sigmas)
+        return self.step
+
+    # -- attention -----------------------------------------------------------------------------
+
+    def cross_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: LayerCall, attend: Attend
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """q [R, Nq, H*d], k and v [R, T, H*d] -> (output [R, Nq, H*d], rows changed)."""
+        step = self.step
+        capture = call.downsample == self.blend_downsample
+        todo = [
+            e
+            for e in range(len(self.batch.edits))
+            if self._cross_on[e][step] or (capture and self.blend_maps[e] is not None)
+        ]
+        out = attend(q, k, v)
+        if not todo:
+            return out, ()
+        heads, src = call.heads, call.source_row
+        source_map = fold_tokens(probabilities(q[src], k[src], heads), self.batch.source.length)  # [H, Nq, Ls]
+        changed = []
+        for e in todo:
+            row = call.edit_rows[e]
+            edit = self.batch.edits[e]
+            edit_map = fold_tokens(probabilities(q[row], k[row], heads), edit.target.length)  # [H, Nq, Le]
+            if self._cross_on[e][step]:
+                t = self._edit_tensors(e, q.device)
+                edit_map = mix_cross(source_map, edit_map, t.weights, t.own, t.alphas[step], t.equalizer)
+                out[row] = apply_probabilities(edit_map, v[row], heads)
+                changed.append(row)
+            if capture and self.blend_maps[e] is not None:
+                self._capture_blend(e, source_map, edit_map, call.spatial)
+        return out, tuple(changed)
+
+    def self_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: LayerCall, attend: Attend
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Inject the source's self-attention map into the edits without materialising it.
+
+        softmax(q_src k_src^T) v_edit is exactly "copy the source's map, apply it to the edit's
+        values", so the host's memory-efficient attention computes it with the edit rows' queries
+        and keys swapped for the source's.
+        """
+        step = self.step
+        rows = tuple(
+            call.edit_rows[e]
+            for e, edit in enumerate(self.batch.edits)
+            if self._self_on[e][step] and call.downsample >= edit.self_min_downsample
+        )
+        if not rows:
+            return attend(q, k, v), ()
+        injected_q, injected_k = q.clone(), k.clone()
+        injected_q[list(rows)] = q[call.source_row]
+        injected_k[list(rows)] = k[call.source_row]
+        return attend(injected_q, injected_k, v), rows
+
+    # -- local blend ---------------------------------------------------------------------------
+
+    def _capture_blend(self, e: int, source_map: torch.Tensor, edit_map: torch.Tensor, spatial: tuple[int, int]):
+        maps = self.blend_maps[e]
+        for side, positions in maps.positions().items():
+            probs = source_map if side in (SOURCE, SUBTRACT_SOURCE) else edit_map
+            amount = probs[:, :, list(positions)].sum(dim=(0, 2))  # [Nq]
+            maps.add(side, amount.reshape(spatial))
+
+    def _blending(self, e: int) -> bool:
+        start = self._blend_start[e]
+        return start is not None and self.step >= int(start * self.num_steps + 1e-6)
+
+    def blend_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x [1+N, C, H, W] as the sampler holds it -> what the model sees: each blended edit equals
+        the source outside its mask (the mask of the previous blended evaluation)."""
+        if not any(m is not None for m in self.masks):
+            return x
+        x = x.clone()
+        for e, mask in enumerate(self.masks):
+            if mask is not None:
+                x[e + 1] = blend(x[0], x[e + 1], mask.to(x.device))
+        return x
+
+    def blend_output(self, denoised: torch.Tensor) -> torch.Tensor:
+        """Update the masks from the maps seen so far and blend the model's prediction with them."""
+        out = None
+        for e, maps in enumerate(self.blend_maps):
+            if maps is None or not self._blending(e):
+                continue
+            mask = maps.mask(tuple(denoised.shape[-2:]))
+            if mask is None:
+                continue
+            self.masks[e] = mask.to(denoised.device)
+            out = denoised.clone() if out is None else out
+            out[e + 1] = blend(denoised[0], denoised[e + 1], self.masks[e])
+        return denoised if out is None else out
+
+    def blend_final(self, latent: torch.Tensor) -> torch.Tensor:
+        """The sampler's result, with each blended edit equal to the source outside its last mask."""
+        return self.blend_input(latent)
+
+    # -- device tensors ------------------------------------------------------------------------
+
+    def _edit_tensors(self, e: int, device: torch.device) -> _EditTensors:
+        key = (e, device)
+        if key not in self._tensors:
+            edit = self.batch.edits[e]
+            self._tensors[key] = _EditTensors(
+                weights=edit.mapping.weights.to(device),
+                own=edit.mapping.own.to(device),
+                equalizer=edit.equalizer().to(device),
+                alphas=self._alphas[e].to(device),
+            )
+        return self._tensors[key]

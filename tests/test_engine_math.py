@@ -1,0 +1,227 @@
+"""The engine on its own: attention arithmetic, windows, step positions, parsers, local blend."""
+
+import math
+
+import pytest
+import torch
+
+from p2p import (
+    EditBatch,
+    EditRun,
+    LayerCall,
+    LocalBlend,
+    P2PError,
+    PromptTokens,
+    TokenPiece,
+    Window,
+    blend_mask,
+    make_edit,
+    parse_phrases,
+    parse_schedule,
+    parse_weights,
+    step_of_sigma,
+)
+from p2p.attention import apply_probabilities, fold_tokens, mix_cross, probabilities
+
+HEADS = 2
+
+
+def vanilla_attention(q, k, v, heads=HEADS):
+    """softmax(q k^T / sqrt(d)) v, rows independent: q [R, N, H*d] -> [R, N, H*d]."""
+    r, n, hd = q.shape
+    d = hd // heads
+    qh = q.reshape(r, n, heads, d).transpose(1, 2)
+    kh = k.reshape(r, -1, heads, d).transpose(1, 2)
+    vh = v.reshape(r, -1, heads, d).transpose(1, 2)
+    p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (p @ vh).transpose(1, 2).reshape(r, n, hd)
+
+
+def fake_prompt(words: list[str], chunk=8) -> PromptTokens:
+    """A prompt whose words are one token each (ids from the word text)."""
+    pieces = [TokenPiece(0, "start")]
+    pieces += [TokenPiece(1000 + sum(map(ord, w)), "word", w, True) for w in words]
+    pieces.append(TokenPiece(1, "end"))
+    pieces += [TokenPiece(1, "pad")] * (chunk - len(pieces))
+    return PromptTokens(" ".join(words), tuple(pieces), chunk_length=chunk)
+
+
+def test_fold_tokens_equals_unrepeated_map():
+    q, k = torch.randn(6, 4 * HEADS), torch.randn(8, 4 * HEADS)
+    direct = probabilities(q, k, HEADS)
+    repeated = probabilities(q, k.repeat(3, 1), HEADS)
+    assert repeated.shape[-1] == 24
+    torch.testing.assert_close(fold_tokens(repeated, 8), direct)
+
+
+def test_apply_probabilities_matches_vanilla_attention():
+    q, k, v = torch.randn(5, 8), torch.randn(7, 8), torch.randn(7, 8)
+    out = apply_probabilities(probabilities(q, k, HEADS), v, HEADS)
+    torch.testing.assert_close(out, vanilla_attention(q[None], k[None], v[None])[0])
+
+
+def test_mix_cross_inside_and_outside_the_window():
+    src, edit = torch.rand(HEADS, 3, 4), torch.rand(HEADS, 3, 5)
+    weights = torch.zeros(4, 5)
+    weights[0, 0] = weights[1, 1] = weights[2, 3] = weights[3, 4] = 1.0  # target 2 is new
+    own = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
+    eq = torch.tensor([1.0, 2.0, 1.0, 1.0, -1.0])
+    alpha = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])  # target 4 outside its window
+    out = mix_cross(src, edit, weights, own, alpha, eq)
+    torch.testing.assert_close(out[..., 0], src[..., 0])
+    torch.testing.assert_close(out[..., 1], 2.0 * src[..., 1])
+    torch.testing.assert_close(out[..., 2], edit[..., 2])
+    torch.testing.assert_close(out[..., 3], src[..., 2])
+    torch.testing.assert_close(out[..., 4], edit[..., 4])
+
+
+def _run_with(edit_kwargs=None, num_steps=10, blend_downsample=None, src_words=("a", "cat"), tgt_words=("a", "dog")):
+    source, target = fake_prompt(list(src_words)), fake_prompt(list(tgt_words))
+    edit = make_edit(source, target, **(edit_kwargs or {}))
+    return EditRun(EditBatch(source, (edit,)), num_steps, blend_downsample)
+
+
+def test_pass_through_run_equals_vanilla_attention():
+    """Outside every window the run returns the host's attention untouched."""
+    run = _run_with({"cross_replace": 0.0, "self_replace": 0.0})
+    q, k, v = torch.randn(4, 6, 8), torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=1)
+    for method in (run.cross_attention, run.self_attention):
+        out, changed = method(q, k, v, call, vanilla_attention)
+        assert changed == ()
+        torch.testing.assert_close(out, vanilla_attention(q, k, v))
+
+
+def test_cross_injection_with_identical_rows_equals_vanilla_attention():
+    run = _run_with({"cross_replace": 1.0}, tgt_words=("a", "cat"))
+    q, k, v = torch.randn(4, 6, 8), torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    q[3], k[3], v[3] = q[2], k[2], v[2]
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=1)
+    out, changed = run.cross_attention(q, k, v, call, vanilla_attention)
+    assert changed == (3,)
+    torch.testing.assert_close(out, vanilla_attention(q, k, v))
+
+
+def test_cross_injection_uses_the_mapped_source_map():
+    """A word swap: the edit's map is the source's, applied to the edit's values."""
+    run = _run_with({"cross_replace": 1.0})
+    q, k, v = torch.randn(4, 6, 8), torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=1)
+    out, _ = run.cross_attention(q, k, v, call, vanilla_attention)
+    expected = apply_probabilities(probabilities(q[2], k[2], HEADS), v[3], HEADS)  # identity mapping here
+    torch.testing.assert_close(out[3], expected)
+    torch.testing.assert_close(out[:3], vanilla_attention(q, k, v)[:3])  # other rows untouched
+
+
+def test_self_injection_equals_explicit_map_copy():
+    """softmax(q_src k_src^T) v_edit through the host's attention == copying the source's map."""
+    run = _run_with({"self_replace": 1.0, "self_min_downsample": 1})
+    q, k, v = torch.randn(4, 6, 8), torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=1)
+    out, changed = run.self_attention(q, k, v, call, vanilla_attention)
+    assert changed == (3,)
+    source_map = probabilities(q[2], k[2], HEADS)  # [H, N, N], materialised here only to compare
+    torch.testing.assert_close(out[3], apply_probabilities(source_map, v[3], HEADS))
+    torch.testing.assert_close(out[:3], vanilla_attention(q, k, v)[:3])
+
+
+def test_self_injection_respects_layer_resolution():
+    run = _run_with({"self_replace": 1.0, "self_min_downsample": 4})
+    q, k, v = torch.randn(4, 6, 8), torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+    fine = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=2)
+    coarse = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=4)
+    assert run.self_attention(q, k, v, fine, vanilla_attention)[1] == ()
+    assert run.self_attention(q, k, v, coarse, vanilla_attention)[1] == (3,)
+
+
+@pytest.mark.parametrize(
+    "window, steps, covered",
+    [
+        # p2p_reference.md section 2.3, with N = 50 steps
+        ((0.0, 0.8), 50, range(0, 40)),
+        ((0.0, 0.4), 50, range(0, 20)),
+        ((0.0, 0.2), 50, range(0, 10)),
+        ((0.2, 0.6), 50, range(10, 30)),
+        ((0.0, 1.0), 50, range(0, 50)),
+        ((0.0, 0.29), 100, range(0, 29)),  # 0.29 * 100 is 28.999999999999996 in floating point
+    ],
+)
+def test_window_steps(window, steps, covered):
+    w = Window(*window)
+    assert [s for s in range(steps) if w.contains(s, steps)] == list(covered)
+
+
+def test_per_word_windows_override_the_default():
+    run = _run_with({"cross_replace": 1.0, "word_windows": [(["dog"], Window(0.0, 0.4))]}, num_steps=50)
+    alphas = run.batch.edits[0].cross_alphas(50)
+    dog = run.batch.edits[0].target.find(["dog"])[0]
+    assert alphas[:, dog].nonzero().flatten().tolist() == list(range(20))
+    assert alphas[:, 1].sum() == 50  # "a" keeps the default window
+
+
+def test_step_of_sigma_exact_intermediate_and_rounded():
+    sigmas = [14.6, 7.0, 3.0, 1.0, 0.0]
+    assert [step_of_sigma(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
+    assert step_of_sigma(5.0, sigmas) == 1  # a second-order sampler's midpoint belongs to the earlier step
+    assert step_of_sigma(0.3, sigmas) == 3
+    assert step_of_sigma(7.0 * (1 - 1e-6), sigmas) == 1  # sigma after a timestep round trip
+    assert step_of_sigma(20.0, sigmas) == 0
+
+
+def test_parsers():
+    assert parse_phrases("cat, red car\n hat") == ["cat", "red car", "hat"]
+    assert parse_weights("fluffy: -2, red car: 1.5") == [("fluffy", -2.0), ("red car", 1.5)]
+    assert parse_schedule("car: 0.2, hat: 0.1-0.6") == [("car", Window(0, 0.2)), ("hat", Window(0.1, 0.6))]
+    for bad in ("fluffy -2", "fluffy: lots", ": 2"):
+        with pytest.raises(P2PError):
+            parse_weights(bad)
+    for bad in ("car: 1.5", "car: 0.6-0.2", "car: soon"):
+        with pytest.raises(P2PError):
+            parse_schedule(bad)
+
+
+def test_word_swap_needs_equal_word_counts():
+    with pytest.raises(P2PError, match="same number of words"):
+        make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "big", "cat"]), mode="replace")
+    assert make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "big", "cat"]), mode="auto").mode == "refine"
+
+
+def test_blend_mask_union_threshold_and_subtract():
+    source = torch.zeros(4, 4)
+    source[0, 0] = 1.0
+    target = torch.zeros(4, 4)
+    target[3, 3] = 1.0
+    mask = blend_mask({"source": source, "target": target}, 0.3, (8, 8))[0, 0]
+    # max-pooled 3x3 then upsampled x2: each hot cell grows to a 2x2 block of cells, i.e. 4x4 pixels
+    assert mask[:4, :4].all() and mask[4:, 4:].all()
+    assert not mask[:4, 4:].any() and not mask[4:, :4].any()
+    sub = torch.zeros(4, 4)
+    sub[0, 0] = 1.0
+    mask = blend_mask({"source": source, "target": target, "subtract_source": sub}, 0.3, (8, 8))[0, 0]
+    assert not mask[:2, :2].any() and mask[2:4, 2:4].all()
+
+
+def test_blend_keeps_source_bits_outside_the_mask():
+    run = _run_with({"cross_replace": 0.0}, num_steps=10)  # the edit keeps its own cross-attention
+    edit = run.batch.edits[0]
+    dog = edit.target.find(["dog"])
+    run = EditRun(EditBatch(run.batch.source, (edit.blended(LocalBlend((), dog, start=0.2)),)), 10, 1)
+    # Only the top-left query pixel of the edit attends to "dog"; the others attend uniformly.
+    q, k, v = torch.zeros(4, 16, 8), torch.zeros(4, 8, 8), torch.randn(4, 8, 8)
+    k[3, dog[0]] = 1.0
+    q[3, 0] = 10.0
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(4, 4), downsample=1)
+    x = torch.randn(2, 4, 8, 8)
+    run.begin_evaluation(14.0, [14.0, 10, 8, 6, 5, 4, 3, 2, 1, 0.5, 0.0])  # step 0: before the start
+    run.cross_attention(q, k, v, call, vanilla_attention)
+    assert run.blend_output(x) is x and run.masks == [None]
+    run.begin_evaluation(8.0, [14.0, 10, 8, 6, 5, 4, 3, 2, 1, 0.5, 0.0])  # step 2 = 0.2 * 10
+    run.cross_attention(q, k, v, call, vanilla_attention)
+    out = run.blend_output(x)
+    mask = run.masks[0][0, 0]
+    assert mask[:4, :4].all() and mask.sum() == 16  # pooled 3x3 and upsampled x2
+    assert torch.equal(out[1][:, ~mask], x[0][:, ~mask])
+    assert torch.equal(out[1][:, mask], x[1][:, mask])
+    assert torch.equal(out[0], x[0])
+    seen = run.blend_input(x)
+    assert torch.equal(seen[1][:, ~mask], x[0][:, ~mask]) and not torch.equal(seen, x)
