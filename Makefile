@@ -10,7 +10,7 @@ PORT ?= 8188
 
 setup: .venv/.setup-done
 
-.venv/.setup-done: tools/setup_host.sh requirements-dev.txt
+.venv/.setup-done: tools/setup_host.sh tools/constraints.txt requirements-dev.txt
 	bash tools/setup_host.sh
 	touch $@
 
@@ -18,10 +18,10 @@ demo: setup
 	$(PY) -m tools.demo --out out
 
 test: setup
-	$(PY) -m pytest -c tests/pytest.ini -q
+	$(PY) -m pytest -c tests/pytest.ini -q tests
 
 test-fast: setup
-	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser"
+	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser" tests
 
 serve: setup
 	cd "$(COMFYUI_PATH)" && $(CURDIR)/$(PY) main.py --cpu --listen 127.0.0.1 --port $(PORT)

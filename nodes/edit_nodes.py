@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..p2p import MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, make_edit, parse_phrases, parse_schedule, parse_weights
+from ..p2p import MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, P2PError, make_edit, parse_phrases, parse_schedule, parse_weights
 from .bundle import P2P_EDIT, EditBundle
 from .errors import input_error, node_input
 from .tokenize import prompt_tokens, word_splitter
@@ -166,18 +166,22 @@ class P2PLocalBlend:
 
         source_pos = positions(batch.source, source_words, "source_words")
         target_pos = positions(last.target, target_words, "target_words")
+        if not source_pos and not target_pos:
+            raise input_error(node, "source_words", "name at least one word of the source or the edited prompt")
         sub_source, sub_target = [], []
         for phrase in parse_phrases(subtract_words):
-            words = edit.split_words(phrase)
-            found = False
-            for tokens, out in ((batch.source, sub_source), (last.target, sub_target)):
-                try:
-                    out.extend(tokens.find(words))
-                    found = True
-                except ValueError:
-                    pass
-            if not found:
+            found = [_find_or_none(tokens, edit.split_words(phrase)) for tokens in (batch.source, last.target)]
+            if found == [None, None]:
                 raise input_error(node, "subtract_words", f'"{phrase}" is in neither prompt')
-        with node_input(node, "source_words" if not (source_pos or target_pos) else "threshold"):
+            sub_source += found[0] or ()
+            sub_target += found[1] or ()
+        with node_input(node, "threshold"):
             spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), threshold, start)
         return (edit.with_batch(batch.with_last(last.blended(spec))),)
+
+
+def _find_or_none(tokens, words):
+    try:
+        return tokens.find(words)
+    except P2PError:
+        return None

@@ -87,6 +87,11 @@ class P2PSampler:
             sites = attention_sites(model)
         except UnsupportedModel as e:
             raise input_error(node, "model", str(e)) from None
+        width = edit.conditionings[0][0][0].shape[-1]
+        expected = model.model.model_config.unet_config.get("context_dim")
+        if expected is not None and width != expected:
+            raise input_error(node, "edit", f"the prompts were encoded by a text encoder of width {width}, but this "
+                              f"model expects {expected}: encode them with the CLIP of the same checkpoint")
         latent = latent_image["samples"]
         if latent.is_nested or latent.shape[0] != 1:
             raise input_error(node, "latent_image", f"needs a batch of one latent, got {latent.shape[0]}; the source "
@@ -114,6 +119,6 @@ class P2PSampler:
         samples = guider.sample(noise, latents, shared_noise_sampler(sampler_name), sigmas, denoise_mask=noise_mask,
                                 callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         samples = run.blend_final(samples).to(comfy.model_management.intermediate_device())
-        out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index", "noise_mask")}
+        out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index")}
         out["samples"] = samples
         return (out,)

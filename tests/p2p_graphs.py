@@ -79,7 +79,7 @@ class Recorder:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "key": ("STRING", {"default": "r"}),
-                             "what": (["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple"],)}}
+                             "what": (["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple", "batch_doubling"],)}}
 
     @classmethod
     def IS_CHANGED(cls, **_):
@@ -118,6 +118,17 @@ class Recorder:
 
             m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "test_recorder", predict)
             m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_recorder", apply_model)
+        elif what == "batch_doubling":
+            # Like attention-couple packs: the attention batch is changed before the replace patch runs.
+            def widen(n, context, value, extra):
+                records.append(1)
+                return torch.cat([n, n]), torch.cat([context, context]), torch.cat([value, value])
+
+            def narrow(out, extra):
+                return out[: out.shape[0] // 2]
+
+            m.set_model_attn2_patch(widen)
+            m.set_model_attn2_output_patch(narrow)
         else:
             # An IPAdapter-like patch: standard attention plus an extra term that depends on the queries.
             def additive(q, k, v, extra):

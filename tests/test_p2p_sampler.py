@@ -182,6 +182,34 @@ def test_an_additive_attn2_patch_of_another_pack_still_contributes(host, what):
     assert relative_error(without[0], p2p[0]) > 1e-3  # the patch does change the image
 
 
+def test_a_pack_that_changes_the_batch_layout_leaves_those_layers_unedited(host, caplog):
+    def patched(g, model):
+        return g.node("P2PTestRecorder", "doubling", model=model, key="layout", what="batch_doubling").out(0)
+
+    g, n = p2p_graph(model_node=patched)
+    add_plain_ksampler(g, n, SOURCE, batch_size=2)
+    with caplog.at_level("WARNING", logger="prompt_to_prompt"):
+        out = host.run(g.prompt(), keep=("p2p", "plain"))
+    assert Recorder.RECORDS["layout"]
+    assert any("batch layout" in r.message for r in caplog.records)
+    assert torch.equal(samples(out, "p2p")[0], samples(out, "plain")[0])
+
+
+def test_img2img_with_denoise(host):
+    """An encoded image as the starting latent, part of the schedule: the source is still the stock run."""
+    g, n = p2p_graph()
+    noise = g.node("EmptyLatentImage", "base", width=128, height=128, batch_size=1)
+    image = g.node("VAEDecode", "image", samples=noise, vae=n["loader"].out(2))
+    encoded = g.node("VAEEncode", "encoded", pixels=image, vae=n["loader"].out(2))
+    n["p2p"].inputs.update(latent_image=encoded, denoise=0.6)
+    plain = add_plain_ksampler(g, n, SOURCE, batch_size=2)
+    g.nodes["plain_latent"].inputs["samples"] = encoded
+    plain.inputs["denoise"] = 0.6
+    out = host.run(g.prompt(), keep=("p2p", "plain"))
+    assert torch.equal(samples(out, "p2p")[0], samples(out, "plain")[0])
+    assert relative_error(samples(out, "p2p")[1], samples(out, "p2p")[0]) > 1e-4
+
+
 def test_several_edits_in_one_batch(host):
     g, n = p2p_graph()
     second = g.node("P2PEditSpec", "edit2", clip=n["clip"], source_prompt=SOURCE, target_prompt=SOURCE,
@@ -284,6 +312,15 @@ def test_error_latent_batch(host):
     n["latent"].inputs["batch_size"] = 2
     message = run_error(host, g)
     assert "P2PSampler" in message and "latent_image" in message and "batch of one" in message
+
+
+def test_error_clip_of_another_model(host):
+    g, n = p2p_graph()
+    other = g.node("RandomModelLoader", "sdxl_loader", shape="sdxl", seed=0, dtype="float32")
+    n["edit"].inputs["clip"] = other.out(1)
+    n["negative"].inputs["clip"] = other.out(1)
+    message = run_error(host, g)
+    assert "P2PSampler" in message and "'edit'" in message and "CLIP of the same checkpoint" in message
 
 
 def test_error_word_counts_for_a_swap(host):

@@ -16,11 +16,13 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv"
   "$py" -m venv "$venv"
 fi
+# tools/constraints.txt pins every package to the versions the tests last passed with.
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pin=(-c tools/constraints.txt)
 
 if ! "$venv/bin/python" -c 'import torch, torchvision' 2>/dev/null; then
   echo "== installing torch 2.14.1 + torchvision 0.29.1"
-  pip install torch==2.14.1 torchvision==0.29.1
+  pip install "${pin[@]}" torch==2.14.1 torchvision==0.29.1
 fi
 
 if [ "$comfy" = "$host_default" ] && [ ! -f "$comfy/main.py" ]; then
@@ -46,8 +48,7 @@ fi
 if [ ! -f "$venv/.host-requirements" ] || ! cmp -s "$comfy/requirements.txt" "$venv/.host-requirements"; then
   echo "== installing ComfyUI's requirements (torch lines excluded: pinned above; torchaudio is not needed)"
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$venv/host-requirements.txt"
-  pip install -r "$venv/host-requirements.txt" requests
-  pip install -r requirements-dev.txt
+  pip install "${pin[@]}" -r "$venv/host-requirements.txt" requests -r requirements-dev.txt
   cp "$comfy/requirements.txt" "$venv/.host-requirements"
 fi
 
