@@ -106,16 +106,20 @@ def test_edit_cross_attention_is_the_mapped_source_attention(host, pack):
     for rec in records:
         attn = _transformer_block(dm, rec["block"], rec["index"]).attn2
         assert attn.heads == 1 and attn.dim_head >= 77
-        cond = rec["cond_or_uncond"].index(0)
-        src_row, edit_row = 2 * cond, 2 * cond + 1
         q = attn.to_q(rec["n"]).float()
         k = attn.to_k(rec["context"]).float()
         v = attn.to_v(rec["context"]).float()
         probs = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), -1)
+        own = attn.to_out(probs @ v)
+        cond, uncond = rec["cond_or_uncond"].index(0), rec["cond_or_uncond"].index(1)
+        src_row, edit_row = 2 * cond, 2 * cond + 1
         injected = pack.p2p.step_of_sigma(rec["sigma"], rec["sample_sigmas"]) < 2  # cross_replace 0.5 of 4 steps
         probs_edit = probs[src_row] if injected else probs[edit_row]  # a same-length swap maps token i to i
         expected = attn.to_out(probs_edit @ v[edit_row])
         torch.testing.assert_close(rec["out"][edit_row], expected, rtol=1e-4, atol=1e-4)
+        # the unconditional branch and the source attend on their own
+        for row in (2 * uncond, 2 * uncond + 1, src_row):
+            torch.testing.assert_close(rec["out"][row], own[row], rtol=1e-4, atol=1e-4)
         checked["injected" if injected else "own"] += 1
     assert checked["injected"] > 0 and checked["own"] > 0
 
@@ -222,6 +226,22 @@ def test_several_edits_in_one_batch(host):
     assert torch.equal(p2p[0], samples(out, "plain")[0])
     assert relative_error(p2p[1], p2p[0]) > 1e-3  # the word swap
     assert relative_error(p2p[2], p2p[0]) < 1e-4  # the identical prompt with full windows
+
+
+def test_local_blend_on_two_edits_with_subtract_words(host):
+    g, n = p2p_graph(steps=6, width=256, height=256)
+    first = g.node("P2PLocalBlend", "blend1", edit=n["edit"], source_words="red circle", target_words="blue circle",
+                   threshold=0.8, start=0.2, subtract_words="small square")
+    second = g.node("P2PEditSpec", "edit2", clip=n["clip"], source_prompt=SOURCE,
+                    target_prompt=SOURCE.replace("square", "triangle"), mode="auto", cross_replace=0.8,
+                    self_replace=0.4, self_layers="coarse", previous=first)
+    blend2 = g.node("P2PLocalBlend", "blend2", edit=second, source_words="square", target_words="triangle",
+                    threshold=0.8, start=0.2)
+    n["p2p"].inputs["edit"] = blend2
+    out = samples(host.run(g.prompt(), keep=("p2p",)), "p2p")
+    for e in (1, 2):
+        same = out[e] == out[0]
+        assert 0 < same.sum() < same.numel()
 
 
 def test_long_prompts_and_mismatched_lengths(host):
@@ -351,6 +371,14 @@ def test_error_blend_word_not_in_prompt(host):
                                      target_words="", threshold=0.3, start=0.2)
     message = run_error(host, g)
     assert "P2PLocalBlend" in message and "source_words" in message
+
+
+def test_error_subtract_word_in_neither_prompt(host):
+    g, n = p2p_graph()
+    n["p2p"].inputs["edit"] = g.node("P2PLocalBlend", "b", edit=n["edit"], source_words="circle", target_words="",
+                                     threshold=0.3, start=0.2, subtract_words="hexagon")
+    message = run_error(host, g)
+    assert "P2PLocalBlend" in message and "subtract_words" in message and "hexagon" in message
 
 
 def test_error_different_source_in_previous(host):
