@@ -21,7 +21,10 @@ test: setup
 	$(PY) -m pytest -c tests/pytest.ini -q tests
 
 test-fast: setup
-	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser" tests
+	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser and not slow" tests
+
+bench: setup
+	$(PY) -m bench.shapesbench
 
 serve: setup
 	cd "$(COMFYUI_PATH)" && $(CURDIR)/$(PY) main.py --cpu --listen 127.0.0.1 --port $(PORT)

@@ -13,12 +13,13 @@ Prints a table with the machine described.
 from __future__ import annotations
 
 import argparse
-import platform
 import threading
 import time
 
 import psutil
 import torch
+
+from .machine import describe
 
 
 class PeakMemory:
@@ -109,8 +110,7 @@ def main() -> None:
             elapsed = time.perf_counter() - start
         rows.append((name, elapsed / args.steps, memory.mb))
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"device {device}, torch {torch.__version__}, attention: {args.attention}")
+    print(f"\nmachine: {describe(device)}, attention: {args.attention}")
     print(f"model: {args.shape} (random weights), {args.size}x{args.size} px, {args.steps} steps, cfg 7.5, euler\n")
     base = rows[1][1]
     print(f"| run | s/step | vs same batch | peak memory above idle (MB) |")

@@ -1,5 +1,7 @@
-"""The example workflows: up to date with the nodes, and runnable headless through ComfyUI's executor
-(their checkpoint loader swapped for a small random model of the same family, at a small size)."""
+"""The example workflows: up to date with the nodes, and runnable headless through ComfyUI's executor.
+
+The demo-model workflows run as they are; the SD1.5/SDXL ones get their checkpoint loader swapped for a
+small random model of the same family, at a small size (no checkpoint can be downloaded here)."""
 
 import json
 from pathlib import Path
@@ -25,6 +27,7 @@ def test_every_workflow_is_generated_and_current(host):
 def test_workflow_runs_headless(host, name):
     workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
     prompt = to_api(workflow, host.nodes.NODE_CLASS_MAPPINGS)
+    size = 32 if name.startswith("p2p_demo") else 128
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["class_type"], node["inputs"] = "RandomModelLoader", {"shape": FAMILY[name], "seed": 0,
@@ -36,4 +39,4 @@ def test_workflow_runs_headless(host, name):
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
     edits = sum(1 for n in prompt.values() if n["class_type"] == "P2PEditSpec")
     images = host.run(prompt, keep=(decode,))[decode][0]
-    assert images.shape == (1 + edits, 128, 128, 3)
+    assert images.shape == (1 + edits, size, size, 3)

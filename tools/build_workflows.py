@@ -108,7 +108,74 @@ def _sdxl_reweight_blend() -> tuple[Graph, dict, list, dict]:
     return g, positions, notes, {"models": {"ckpt": [SDXL_CHECKPOINT]}, "sizes": sizes}
 
 
+DEMO_NOTE = """## The demo model
+
+**P2P Demo Model** is a small text-to-image model this project trained on 32x32 pictures of coloured shapes
+(see MODEL.md). It runs in seconds on a CPU, so every knob can be tried at once.
+
+Its words: *circle, square, triangle; red, green, blue, yellow, purple, orange; small, big; on the left,
+on the right, at the top, at the bottom, in the center; striped; on a white / black / gray background*.
+
+The latent is 32x32 pixels (**Empty Chroma Radiance Latent Image**); the images are scaled x8 for viewing.
+"""
+
+DEMO_WORKFLOWS = {
+    # name: (note, source, targets with (mode, reweight, blend) options)
+    "p2p_demo_word_swap": ("Word swap: the circle changes colour, everything else stays.",
+                           "a red circle and a small blue square",
+                           [("a yellow circle and a small blue square", {})]),
+    "p2p_demo_refinement": ("Refinement: words are added; the new ones keep their own attention.",
+                            "a purple triangle",
+                            [("a striped purple triangle on a gray background", {})]),
+    "p2p_demo_reweight": ("Re-weighting: the same prompt three times, with *big* weighted 0, 2 and 4.",
+                          "a big green square",
+                          [("a big green square", {"weights": "big: 0"}),
+                           ("a big green square", {"weights": "big: 2"}),
+                           ("a big green square", {"weights": "big: 4"})]),
+    "p2p_demo_local_blend": ("Local blend: only the circle may change; the square is kept pixel for pixel.",
+                             "a red circle on the left and a blue square on the right",
+                             [("a green circle on the left and a blue square on the right",
+                               {"blend": ("red circle", "green circle")})]),
+}
+
+
+def _demo(name: str):
+    intro, source, targets = DEMO_WORKFLOWS[name]
+    g = Graph()
+    model = g.node("P2PDemoModel", "model")
+    previous, positions, sizes = None, {"model": (40, 40)}, {"model": (300, 100)}
+    x = 380
+    for k, (target, options) in enumerate(targets):
+        edit = g.node("P2PEditSpec", f"edit{k}", clip=model.out(1), source_prompt=source, target_prompt=target,
+                      mode="auto", cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="",
+                      **({"previous": previous} if previous is not None else {}))
+        positions[f"edit{k}"], sizes[f"edit{k}"] = (x, 40), (400, 460)
+        previous = edit
+        if "weights" in options:
+            previous = g.node("P2PReweight", f"reweight{k}", edit=previous, weights=options["weights"])
+            positions[f"reweight{k}"], sizes[f"reweight{k}"] = (x, 540), (400, 90)
+        if "blend" in options:
+            previous = g.node("P2PLocalBlend", f"blend{k}", edit=previous, source_words=options["blend"][0],
+                              target_words=options["blend"][1], threshold=0.3, start=0.2, subtract_words="")
+            positions[f"blend{k}"], sizes[f"blend{k}"] = (x, 540), (400, 230)
+        x += 440
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
+    latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    sampler = g.node("P2PSampler", "sampler", model=model.out(0), edit=previous, negative=neg, latent_image=latent,
+                     seed=0, steps=30, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+    decode = g.node("VAEDecode", "decode", samples=sampler, vae=model.out(2))
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    g.node("SaveImage", "save", images=scale, filename_prefix=name)
+    positions |= {"negative": (40, 560), "latent": (40, 780), "sampler": (x, 40), "decode": (x, 420),
+                  "scale": (x, 510), "save": (x + 360, 40)}
+    sizes |= {"negative": (300, 160), "latent": (300, 110), "sampler": (320, 330), "decode": (210, 50),
+              "scale": (320, 90), "save": (560, 320)}
+    note = f"{DEMO_NOTE}\n**This workflow.** {intro}\n"
+    return g, positions, [(note, (40, 180), (300, 360))], {"sizes": sizes}
+
+
 WORKFLOWS = {
+    **{name: (lambda n=name: _demo(n)) for name in DEMO_WORKFLOWS},
     "p2p_word_swap_sd15": _sd15_word_swap,
     "p2p_reweight_local_blend_sdxl": _sdxl_reweight_blend,
 }

@@ -10,7 +10,6 @@ The pack is loaded exactly as a user's ComfyUI loads it: from a `custom_nodes` f
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import sys
 import tempfile
@@ -153,9 +152,16 @@ class Host:
         self.nodes.interrupt_processing(True)
 
 
-@functools.cache
-def start(extra_args: tuple[str, ...] = ()) -> Host:
-    """Boot ComfyUI (CPU) in this process with this pack installed, once."""
+def import_comfy(extra_args: tuple[str, ...] = ()) -> Path:
+    """Make ComfyUI's modules importable (CPU, an isolated base directory with this pack); no nodes loaded.
+
+    ComfyUI parses its command line once per process, so a second call must ask for the same arguments.
+    """
+    booted = _booted.get("args")
+    if booted is not None:
+        if booted != extra_args:
+            raise RuntimeError(f"ComfyUI was already started in this process with {booted}, not {extra_args}")
+        return _booted["base_dir"]
     comfy_root = comfyui_path()
     base_dir = Path(tempfile.mkdtemp(prefix="p2p-host-"))
     (base_dir / "custom_nodes").mkdir()
@@ -167,13 +173,27 @@ def start(extra_args: tuple[str, ...] = ()) -> Host:
 
     comfy.options.enable_args_parsing()
     import utils.extra_config  # noqa: F401  (ComfyUI's `utils` package, before nodes.py puts comfy/ first on sys.path)
+
+    _booted.update(args=extra_args, base_dir=base_dir)
+    return base_dir
+
+
+_booted: dict = {}  # the process's one ComfyUI boot (ComfyUI itself is process-global)
+
+
+def start(extra_args: tuple[str, ...] = ()) -> Host:
+    """Boot ComfyUI (CPU) in this process with this pack installed, once; later calls return the same host."""
+    base_dir = import_comfy(extra_args)
+    if "host" in _booted:
+        return _booted["host"]
     import nodes
 
     missing = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     del missing
     if "P2PSampler" not in nodes.NODE_CLASS_MAPPINGS:
         raise RuntimeError("the prompt_to_prompt pack did not load; see the log above")
-    return Host(base_dir)
+    _booted["host"] = Host(base_dir)
+    return _booted["host"]
 
 
 def pack_module():

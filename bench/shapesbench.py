@@ -1,0 +1,288 @@
+"""ShapesBench: edit quality of Prompt-to-Prompt on the demo model, against the fixed-seed baseline.
+
+    .venv/bin/python -m bench.shapesbench [--scenes 50] [--steps 30]
+
+For each edit kind, the same fixed scenes and seeds are edited twice: with P2PSampler (default settings:
+cross 0.8, self 0.4, coarse layers) and with the baseline a user gets without attention control: the
+stock KSampler on the edited prompt with the same seed. Prompts leave position and size free, so the
+baseline is free to redraw the layout. Every figure is measured on the generated pixels (palette
+classification, `shapes_demo.metrics`). Prints a markdown table with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from shapes_demo import metrics
+from shapes_demo.world import BACKGROUNDS, COLORS, SHAPES, SIZE, with_article
+
+from .machine import describe
+
+STEPS, CFG, SAMPLER, SCHEDULER = 30, 5.0, "euler", "normal"
+REWEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
+MIN_OBJECT = 6  # pixels: fewer means the source did not draw the object, and the case is skipped
+
+
+@dataclass
+class Result:
+    """One edit kind: metric name -> list of per-case values, for P2P and for the baseline."""
+
+    kind: str
+    p2p: dict[str, list] = field(default_factory=dict)
+    baseline: dict[str, list] = field(default_factory=dict)
+    skipped: int = 0
+
+    def add(self, side: str, name: str, value) -> None:
+        getattr(self, side).setdefault(name, []).append(value)
+
+    def mean(self, side: str, name: str) -> float:
+        values = [v for v in getattr(self, side).get(name, []) if not (isinstance(v, float) and math.isnan(v))]
+        return float(np.mean(values)) if values else math.nan
+
+
+class Bench:
+    """Runs the demo model through the pack's own nodes inside an in-process ComfyUI."""
+
+    def __init__(self, steps: int = STEPS, cfg: float = CFG, host=None):
+        from tools import host as host_module
+
+        self.host = host or host_module.start(("--use-pytorch-cross-attention",))
+        import nodes
+
+        self.nodes = nodes
+        self.pack = host_module.pack_module().nodes
+        self.model, self.clip, self.vae = self.pack.P2PDemoModel().load()
+        self.negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
+        self.latent = {"samples": torch.zeros(1, 3, SIZE, SIZE)}
+        self.steps, self.cfg = steps, cfg
+
+    def _decode(self, latent) -> np.ndarray:
+        return self.vae.decode(latent["samples"]).numpy()  # [B, H, W, 3] in 0..1
+
+    def p2p(self, source: str, targets: list[str], seed: int, reweights: list[str] | None = None,
+            blend: tuple | None = None, **edit_args) -> np.ndarray:
+        """[1 + len(targets), H, W, 3]: the source, then each edit. `reweights[k]` re-weights edit k;
+        `blend` (P2PLocalBlend's arguments) applies to the last edit."""
+        args = {"mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "self_layers": "coarse", **edit_args}
+        edit = None
+        for k, target in enumerate(targets):
+            edit = self.pack.P2PEditSpec().build(self.clip, source, target, previous=edit, **args)[0]
+            if reweights and reweights[k]:
+                edit = self.pack.P2PReweight().reweight(edit, reweights[k])[0]
+        if blend:
+            edit = self.pack.P2PLocalBlend().blend(edit, *blend)[0]
+        latent = self.pack.P2PSampler().sample(self.model, edit, self.negative, self.latent, seed, self.steps, self.cfg,
+                                               SAMPLER, SCHEDULER, 1.0)[0]
+        return self._decode(latent)
+
+    def baseline(self, prompt: str, seed: int) -> np.ndarray:
+        positive = self.nodes.CLIPTextEncode().encode(self.clip, prompt)[0]
+        latent = self.nodes.common_ksampler(self.model, seed, self.steps, self.cfg, SAMPLER, SCHEDULER, positive,
+                                            self.negative, self.latent)[0]
+        return self._decode(latent)[0]
+
+
+def _other(rng: random.Random, options, current):
+    return rng.choice([o for o in options if o != current])
+
+
+def _object(color: str, shape: str, extra: str = "") -> str:
+    return with_article(" ".join(w for w in (extra, color, shape) if w))
+
+
+def _color_edit_scores(result: Result, side: str, source: np.ndarray, edited: np.ndarray, color: str, target: str):
+    src_mask = metrics.object_mask(source, color)
+    edit_mask = metrics.object_mask(edited, target)
+    result.add(side, "iou", metrics.iou(src_mask, edit_mask))
+    result.add(side, "target color", float(metrics.object_mask(edited, target)[src_mask].mean() >= 0.5))
+
+
+def color_swap(bench: Bench, scenes: int) -> Result:
+    result = Result("color swap")
+    for i in range(scenes):
+        rng = random.Random(i)
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        target = _other(rng, COLORS, color)
+        source_prompt, target_prompt = _object(color, shape), _object(target, shape)
+        source, edited = bench.p2p(source_prompt, [target_prompt], seed=i)
+        if metrics.area(metrics.object_mask(source, color)) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        _color_edit_scores(result, "p2p", source, edited, color, target)
+        _color_edit_scores(result, "baseline", source, bench.baseline(target_prompt, seed=i), color, target)
+    return result
+
+
+def _shape_of(mask: np.ndarray) -> str:
+    """The world shape whose ideal outline, centred on the mask with the mask's area, overlaps it best."""
+    from shapes_demo.world import Obj, _coverage
+
+    c = metrics.centroid(mask)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    factors = {"circle": math.pi, "square": 1.72 ** 2, "triangle": 3 * math.sqrt(3) / 4}
+    best = {}
+    for shape, factor in factors.items():
+        radius = math.sqrt(mask.sum() / factor)
+        # a triangle's centroid sits below its circumcentre by radius / 4
+        y = c[1] - radius / 4 if shape == "triangle" else c[1]
+        ideal = _coverage(Obj(shape, "red", "big", radius, c[0], y, None), xs, ys)
+        best[shape] = metrics.iou(mask, ideal)
+    return max(best, key=best.get)
+
+
+def shape_swap(bench: Bench, scenes: int) -> Result:
+    result = Result("shape swap")
+    for i in range(scenes):
+        rng = random.Random(1000 + i)
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        target = _other(rng, SHAPES, shape)
+        source, edited = bench.p2p(_object(color, shape), [_object(color, target)], seed=1000 + i)
+        src_mask = metrics.object_mask(source, color)
+        if metrics.area(src_mask) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(_object(color, target), seed=1000 + i))):
+            mask = metrics.object_mask(image, color)
+            if metrics.area(mask) < MIN_OBJECT:
+                result.add(side, "centre shift (px)", float(SIZE))
+                result.add(side, "size change", 1.0)
+                result.add(side, "target shape", 0.0)
+                continue
+            (x0, y0), (x1, y1) = metrics.centroid(src_mask), metrics.centroid(mask)
+            result.add(side, "centre shift (px)", math.hypot(x1 - x0, y1 - y0))
+            result.add(side, "size change", abs(math.log(metrics.area(mask) / metrics.area(src_mask))))
+            result.add(side, "target shape", float(_shape_of(mask) == target))
+    return result
+
+
+def refine_texture(bench: Bench, scenes: int) -> Result:
+    result = Result("refinement: + striped")
+    for i in range(scenes):
+        rng = random.Random(2000 + i)
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        target_prompt = _object(color, shape, "striped")
+        source, edited = bench.p2p(_object(color, shape), [target_prompt], seed=2000 + i)
+        src_mask = metrics.object_mask(source, color)
+        if metrics.area(src_mask) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        outside = ~metrics.dilate(src_mask, 2)
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=2000 + i))):
+            result.add(side, "PSNR outside object (dB)", min(metrics.psnr(source, image, outside), 100.0))
+            result.add(side, "object IoU", metrics.iou(src_mask, metrics.object_mask(image, color)))
+    return result
+
+
+def refine_background(bench: Bench, scenes: int) -> Result:
+    result = Result("refinement: + background")
+    for i in range(scenes):
+        rng = random.Random(3000 + i)
+        color, shape, bg = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
+        target_prompt = f"{_object(color, shape)} on a {bg} background"
+        source, edited = bench.p2p(_object(color, shape), [target_prompt], seed=3000 + i)
+        src_mask = metrics.object_mask(source, color)
+        if metrics.area(src_mask) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=3000 + i))):
+            result.add(side, "object IoU", metrics.iou(src_mask, metrics.object_mask(image, color)))
+            background = metrics.classify(image)[~metrics.dilate(src_mask, 1)]
+            result.add(side, "background correct", float((background == f"background:{bg}").mean() >= 0.5))
+    return result
+
+
+def reweight_size(bench: Bench, scenes: int) -> Result:
+    """Re-weighting "big" over REWEIGHTS: P2P's fader against ComfyUI's own prompt weighting "(big:w)"."""
+    result = Result('reweight "big"')
+    for i in range(scenes):
+        rng = random.Random(4000 + i)
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        prompt = f"a big {color} {shape}"
+        # one batch: the source, then the same prompt once per weight
+        images = bench.p2p(prompt, [prompt] * len(REWEIGHTS), seed=4000 + i,
+                           reweights=[f"big: {w}" for w in REWEIGHTS])
+        if metrics.area(metrics.object_mask(images[0], color)) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        p2p_areas = [metrics.area(metrics.object_mask(img, color)) for img in images[1:]]
+        base_areas = [metrics.area(metrics.object_mask(bench.baseline(f"a (big:{w}) {color} {shape}", 4000 + i), color))
+                      for w in REWEIGHTS]
+        result.add("p2p", "Spearman rho (area vs weight)", metrics.spearman(REWEIGHTS, p2p_areas))
+        result.add("baseline", "Spearman rho (area vs weight)", metrics.spearman(REWEIGHTS, base_areas))
+    return result
+
+
+def local_blend(bench: Bench, scenes: int) -> Result:
+    result = Result("local blend, two objects")
+    for i in range(scenes):
+        rng = random.Random(5000 + i)
+        (c1, c2), (s1, s2) = rng.sample(list(COLORS), 2), rng.sample(SHAPES, 2)
+        new = _other(rng, [c for c in COLORS if c != c2], c1)
+        source_prompt = f"{_object(c1, s1)} on the left and {_object(c2, s2)} on the right"
+        target_prompt = f"{_object(new, s1)} on the left and {_object(c2, s2)} on the right"
+        source, edited = bench.p2p(source_prompt, [target_prompt], seed=5000 + i,
+                                   blend=(f"{c1} {s1}", f"{new} {s1}", 0.3, 0.2))
+        _, unblended = bench.p2p(source_prompt, [target_prompt], seed=5000 + i)
+        kept = metrics.object_mask(source, c2)
+        edited_obj = metrics.object_mask(source, c1)
+        if metrics.area(kept) < MIN_OBJECT or metrics.area(edited_obj) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=5000 + i))):
+            result.add(side, "PSNR untouched object (dB)", min(metrics.psnr(source, image, kept), 100.0))
+            result.add(side, "target color", float(metrics.object_mask(image, new)[edited_obj].mean() >= 0.5))
+        result.add("p2p", "PSNR untouched, no blend (dB)", min(metrics.psnr(source, unblended, kept), 100.0))
+    return result
+
+
+KINDS = [color_swap, shape_swap, refine_texture, refine_background, reweight_size, local_blend]
+
+TARGETS = {  # (metric, kind of comparison, threshold) from the issue
+    ("color swap", "iou"): (">=", 0.90),
+    ("color swap", "target color"): (">=", 0.90),
+    ("local blend, two objects", "PSNR untouched object (dB)"): (">=", 35.0),
+    ('reweight "big"', "Spearman rho (area vs weight)"): (">=", 0.90),
+}
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| edit | metric | Prompt-to-Prompt | fixed-seed baseline | target | cases |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for name in r.p2p:
+            target = TARGETS.get((r.kind, name))
+            p2p, base = r.mean("p2p", name), r.mean("baseline", name)
+            shown = f"{target[0]} {target[1]:g} ({'met' if p2p >= target[1] else 'missed'})" if target else ""
+            fmt = "{:.1%}" if name in ("target color", "target shape", "background correct") else "{:.3f}"
+            base_text = fmt.format(base) if not math.isnan(base) else "—"
+            lines.append(f"| {r.kind} | {name} | {fmt.format(p2p)} | {base_text} | {shown} | "
+                         f"{len(r.p2p[name])} (+{r.skipped} skipped) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--cfg", type=float, default=CFG)
+    parser.add_argument("--only", default="", help="comma-separated kinds (function names) to run")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    bench = Bench(args.steps, args.cfg)
+    kinds = [k for k in KINDS if not args.only or k.__name__ in args.only.split(",")]
+    results = [kind(bench, args.scenes) for kind in kinds]
+    print(f"\nShapesBench: {args.scenes} scenes per edit, {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}; "
+          f"machine: {describe()}; "
+          f"{(time.perf_counter() - started) / 60:.1f} min\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

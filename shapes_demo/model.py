@@ -1,0 +1,118 @@
+"""The demo model: a small text-to-image model built only from ComfyUI's classes.
+
+* UNet: ComfyUI's `openaimodel.UNetModel` (through the SD1.5 model configuration, so ComfyUI's samplers
+  and every patch point work unchanged), v-prediction on the SD1 noise schedule rescaled to zero terminal
+  SNR, 3 pixel channels, 32x32, cross-attention at 16x16 and 8x8.
+* Text encoder: ComfyUI's SD1 CLIP text model (`SD1ClipModel`), shrunk to 2 layers of width 64, driven by
+  ComfyUI's real SD1 CLIP tokenizer.
+* VAE: ComfyUI's pixel-space VAE (images are the latents, scaled to -1..1).
+
+Needs ComfyUI >= 0.3.75 (pixel-space VAE and `EmptyChromaRadianceLatentImage` for empty 3-channel latents).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "build_model", "build_clip", "build_vae", "load"]
+
+IMAGE_SIZE = 32
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo.safetensors"
+
+UNET_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": IMAGE_SIZE,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "in_channels": 3,
+    "out_channels": 3,
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": [1, 1, 1],
+    "transformer_depth": [0, 1, 1],  # attention at 16x16 and 8x8
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1],  # per output block, listed from the finest level up
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 64,
+    "adm_in_channels": None,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+}
+UNET_HEADS = 4
+
+TEXT_CONFIG = {  # overrides of ComfyUI's sd1_clip_config.json
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "projection_dim": 64,
+}
+
+
+def model_config():
+    import comfy.latent_formats
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(UNET_CONFIG)
+    config.unet_config["num_heads"] = UNET_HEADS
+    config.latent_format = comfy.latent_formats.ChromaRadiance()  # 3 channels, identity scaling: pixels
+    # Zero terminal SNR: at 32x32 pixels the SD1 schedule's last step keeps the noise's mean colour in the
+    # picture (a 32x32 image averages too few pixels to hide it); the rescaled schedule lets the model pick it.
+    config.sampling_settings = {**config.sampling_settings, "zsnr": True}
+    return config
+
+
+def build_model(unet_state: dict | None = None):
+    """A ComfyUI MODEL (ModelPatcher); weights from `unet_state` (keys of the UNet) if given."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+
+    model = comfy.model_base.BaseModel(model_config(), model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu")
+    if unet_state is not None:
+        missing, unexpected = model.diffusion_model.load_state_dict(unet_state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"demo UNet weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def build_clip(text_state: dict | None = None):
+    """A ComfyUI CLIP: the real SD1 tokenizer and ComfyUI's SD1 text model at the demo's size."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TEXT_CONFIG), "dtype": torch.float32})
+    if text_state is not None:
+        missing, unexpected = clip.cond_stage_model.clip_l.transformer.load_state_dict(text_state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"demo text weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return clip
+
+
+def build_vae():
+    import comfy.sd
+
+    return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+
+
+def split_state(state: dict) -> tuple[dict, dict]:
+    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+    return unet, text
+
+
+def load(path: Path = WEIGHTS):
+    """(MODEL, CLIP, VAE) of the trained demo model."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"demo weights not found at {path}; train them with `python -m shapes_demo.train`")
+    unet, text = split_state(load_file(str(path)))
+    return build_model(unet), build_clip(text), build_vae()

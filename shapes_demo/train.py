@@ -1,0 +1,171 @@
+"""Train the demo model on the shapes world.
+
+    .venv/bin/python -m shapes_demo.train [--steps 3400] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
+
+Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
+runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
+and a twin of ComfyUI's CLIP text model jointly: v-prediction on the model's noise schedule (SD1's,
+rescaled to zero terminal SNR), low-noise steps down-weighted (min-SNR style, gamma 5), AdamW with warm-up and cosine decay, 10%
+empty captions (for classifier-free guidance). Saves the exponential moving average of the weights, which samples better than the raw ones.
+Logs the loss every 50 steps and keeps a resumable checkpoint next to the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import TEXT_CONFIG, WEIGHTS
+from .text_encoder import TextEncoder
+from .world import render, sample_scene
+
+EMPTY_CAPTION_RATE = 0.1
+MIN_SNR_GAMMA = 5.0
+
+
+def batch_of(step: int, size: int, tokenize) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = random.Random(1_000_003 * step + 17)
+    images, tokens = [], []
+    for _ in range(size):
+        scene = sample_scene(rng)
+        image, _ = render(scene)
+        images.append(image)
+        tokens.append(tokenize("" if rng.random() < EMPTY_CAPTION_RATE else scene.caption))
+    x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1  # [B, 3, 32, 32] in -1..1
+    return x0.contiguous(), torch.tensor(tokens)
+
+
+def init_for_training(module: torch.nn.Module, seed: int) -> None:
+    """PyTorch's default initialisation (ComfyUI's layers skip it), zero-initialised output projections."""
+    torch.manual_seed(seed)
+    for name, m in module.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch.nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                torch.nn.init.uniform_(m.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    for name, m in module.named_modules():
+        # as the original UNet: residual branches and the output start at zero
+        if name == "out.2" or name.endswith("proj_out") or name.endswith("out_layers.3"):
+            torch.nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3400)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    from tools.host import import_comfy
+
+    import_comfy(("--use-pytorch-cross-attention",))  # ComfyUI's CPU default (sub-quadratic) is ~4x slower here
+    import comfy.model_sampling
+    import comfy.sd1_clip
+    from safetensors.torch import save_file
+
+    from .model import build_clip, build_model, model_config
+
+    patcher = build_model()
+    unet = patcher.model.diffusion_model
+    init_for_training(unet, seed=0)
+    clip = build_clip()
+    text_config = {**json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text()), **TEXT_CONFIG}
+    text = TextEncoder(text_config)
+    torch.manual_seed(1)
+    for p in text.parameters():  # CLIP-like: small normal weights, unit norms
+        torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
+    for m in text.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.ones_(m.weight)
+
+    def tokenize(caption: str) -> list[int]:
+        return [t for t, _ in clip.tokenize(caption)["l"][0]]
+
+    sampling = comfy.model_sampling.ModelSamplingDiscrete(model_config())
+    alphas_cumprod = 1.0 / (1.0 + sampling.sigmas.float() ** 2)  # [1000]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    # Min-SNR-style cap on the low-noise steps only; the high-noise steps, where the prompt decides colours
+    # and layout, keep their full weight (the plain min-SNR weight vanishes there under zero terminal SNR).
+    loss_weight = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
+
+    params = list(unet.parameters()) + list(text.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out.with_suffix(".resume.pt")
+    first = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        for module, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
+                            (optimizer, "optimizer"), (schedule, "schedule")):
+            module.load_state_dict(state[key])
+        first = state["step"]
+        print(f"resuming at step {first}")
+
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(first):  # keep the noise stream aligned with the step on resume
+        torch.randint(0, 1000, (args.batch,), generator=gen)
+        torch.randn(args.batch, 3, 32, 32, generator=gen)
+    unet.train()
+    started, losses = time.perf_counter(), []
+    for step in range(first, args.steps):
+        x0, tokens = batch_of(step, args.batch, tokenize)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        context = text(tokens)
+        pred = unet(xt, t.float(), context=context)
+        velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = ((pred - velocity) ** 2).mean(dim=(1, 2, 3)).mul(loss_weight[t]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for ema, live in ((ema_unet, unet), (ema_text, text)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            elapsed = time.perf_counter() - started
+            print(f"step {step + 1:5d}  loss {np.mean(losses[-50:]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  "
+                  f"{elapsed / 60:.1f} min  {elapsed / (step + 1 - first):.2f} s/step", flush=True)
+        if (step + 1) % 500 == 0 or step + 1 == args.steps:
+            torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                        "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "step": step + 1}, checkpoint)
+
+    state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
+    state |= {f"text.{k}": v.contiguous() for k, v in ema_text.state_dict().items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(args.out), metadata={"steps": str(args.steps), "batch": str(args.batch)})
+    print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The shapes world, the demo model built from ComfyUI's classes, and its trained weights."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shapes_demo import metrics
+from shapes_demo.world import COLORS, POSITIONS, SIZE, render, sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_world_masks_are_exact():
+    """Each object's mask holds exactly its visible pixels: the palette classification of the rendered
+    image agrees with it (up to the one-pixel anti-aliased rim)."""
+    for seed in range(40):
+        scene = sample_scene(random.Random(seed))
+        image, masks = render(scene)
+        assert image.shape == (SIZE, SIZE, 3) and len(masks) == len(scene.objects)
+        for obj, mask in zip(scene.objects, masks):
+            assert mask.sum() > 0
+            colored = metrics.color_mask(image, obj.color)
+            assert metrics.iou(colored & ~metrics.dilate(~mask, 1), mask & ~metrics.dilate(~mask, 1)) > 0.95
+        assert not np.logical_and.reduce(masks).any() if len(masks) > 1 else True
+
+
+def test_captions_name_what_is_drawn_and_omit_the_rest():
+    seen = {"position": 0, "no position": 0, "no size": 0, "no background": 0}
+    for seed in range(300):
+        scene = sample_scene(random.Random(seed))
+        for obj in scene.objects:
+            assert f"{obj.color} {obj.shape}" in scene.caption
+            if obj.position is not None:
+                seen["position"] += POSITIONS[obj.position][1] in scene.caption
+            else:
+                seen["no position"] += 1
+            seen["no size"] += not obj.say_size
+        seen["no background"] += not scene.say_background
+    assert all(count > 20 for count in seen.values()), seen
+
+
+def test_unnamed_layout_is_free():
+    """Scenes with the same caption differ in layout where the caption is silent."""
+    positions = []
+    rng = random.Random(0)
+    while len(positions) < 30:
+        scene = sample_scene(rng, max_objects=1)
+        obj = scene.objects[0]
+        if obj.position is None:
+            positions.append((obj.x, obj.y, obj.radius))
+    xs, ys, rs = np.array(positions).T
+    assert xs.std() > 5 and ys.std() > 5 and rs.std() > 1
+
+
+def test_text_encoder_twin_matches_comfyui(host):
+    """The trainable twin and ComfyUI's SD1 CLIP text model give the same context for the same weights."""
+    import comfy.sd1_clip
+
+    from shapes_demo.model import TEXT_CONFIG, build_clip
+    from shapes_demo.text_encoder import TextEncoder
+
+    config = {**json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text()), **TEXT_CONFIG}
+    twin = TextEncoder(config)
+    torch.manual_seed(0)
+    for p in twin.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    clip = build_clip(twin.state_dict())
+    prompt = "a big red circle on the left and a striped blue square"
+    tokens = clip.tokenize(prompt)
+    ours = twin(torch.tensor([[t for t, _ in tokens["l"][0]]]))
+    theirs = clip.encode_from_tokens(tokens)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_demo_weights_are_small_and_load(pack):
+    from shapes_demo.model import WEIGHTS
+
+    assert WEIGHTS.stat().st_size < 40 * 2**20
+    model, clip, vae = pack.nodes.P2PDemoModel().load()
+    dm = model.get_model_object("diffusion_model")
+    assert type(dm).__name__ == "UNetModel" and model.model.latent_format.latent_channels == 3
+    assert {s.downsample for s in pack.nodes.unet.attention_sites(model)} == {2, 4}  # 16x16 and 8x8
+
+
+def test_demo_model_draws_what_it_is_told(host):
+    """The trained model renders the named colour in most of a handful of fixed prompts and seeds."""
+    from bench.shapesbench import Bench
+
+    bench = Bench(steps=20, host=host)
+    hits = 0
+    cases = [(c, s) for c in COLORS for s in ("circle", "square")]
+    for i, (color, shape) in enumerate(cases):
+        image = bench.baseline(f"a big {color} {shape}", seed=i)
+        hits += metrics.area(metrics.color_mask(image, color)) >= 20
+    assert hits >= 0.8 * len(cases)
