@@ -6,7 +6,8 @@ Runs, in one ComfyUI process, on a random-weight model of the chosen shape (full
 by default, so the attention work is the real one):
   * the stock KSampler on one latent (a single generation),
   * the stock KSampler on a batch of 1+N latents (what P2P costs at best: the same batch),
-  * P2PSampler with N edits (word swap, default windows; and with local blend).
+  * P2PSampler with N edits (word swap, default windows): with attention capture off, with the default
+    capture (the heatmaps' maps), and with local blend.
 Prints a table with the machine described.
 """
 
@@ -93,12 +94,14 @@ def main() -> None:
         lat = {"samples": torch.zeros(n, 4, args.size // 8, args.size // 8), "batch_index": [0] * n}
         return lambda: nodes.common_ksampler(model, 1, args.steps, 7.5, "euler", "normal", positive, negative, lat)
 
-    def p2p(edit):
-        return lambda: pack.nodes.P2PSampler().sample(model, edit, negative, latent, 1, args.steps, 7.5, "euler",
-                                                      "normal", 1.0)
+    def p2p(edit, capture=pack.nodes.attention_nodes.DEFAULT_CAPTURE):
+        return lambda: pack.nodes.P2PSampler().sample(model, edit, negative, 1, args.steps, 7.5, "euler", "normal",
+                                                      1.0, latent_image=latent, capture=capture)
 
     runs = [("KSampler, 1 latent", stock(1)), (f"KSampler, {batch} latents", stock(batch)),
-            (f"P2PSampler, {args.edits} edit(s)", p2p(bundle)), (f"P2PSampler + local blend", p2p(blended))]
+            (f"P2PSampler, {args.edits} edit(s), capture off", p2p(bundle, capture=None)),
+            (f"P2PSampler, {args.edits} edit(s), default capture", p2p(bundle)),
+            ("P2PSampler + local blend, default capture", p2p(blended))]
     stock(1)()  # warm-up: loads the model to the device
     rows = []
     for name, fn in runs:

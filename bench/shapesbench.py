@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from shapes_demo import metrics
-from shapes_demo.world import BACKGROUNDS, COLORS, SHAPES, SIZE, with_article
+from shapes_demo.world import BACKGROUNDS, COLORS, SHAPES, SIZE, Obj, Scene, render, with_article
 
 from .machine import describe
 
@@ -78,8 +78,8 @@ class Bench:
                 edit = self.pack.P2PReweight().reweight(edit, reweights[k])[0]
         if blend:
             edit = self.pack.P2PLocalBlend().blend(edit, *blend)[0]
-        latent = self.pack.P2PSampler().sample(self.model, edit, self.negative, self.latent, seed, self.steps, self.cfg,
-                                               SAMPLER, SCHEDULER, 1.0)[0]
+        latent = self.pack.P2PSampler().sample(self.model, edit, self.negative, seed, self.steps, self.cfg, SAMPLER,
+                                               SCHEDULER, 1.0, latent_image=self.latent)[0]
         return self._decode(latent)
 
     def baseline(self, prompt: str, seed: int) -> np.ndarray:
@@ -121,19 +121,18 @@ def color_swap(bench: Bench, scenes: int) -> Result:
 
 
 def _shape_of(mask: np.ndarray) -> str:
-    """The world shape whose ideal outline, centred on the mask with the mask's area, overlaps it best."""
-    from shapes_demo.world import Obj, _coverage
-
-    c = metrics.centroid(mask)
-    ys, xs = np.mgrid[0:SIZE, 0:SIZE] + 0.5
-    factors = {"circle": math.pi, "square": 1.72 ** 2, "triangle": 3 * math.sqrt(3) / 4}
+    """The world shape whose outline, rendered as the world renders it around the mask's centroid with the
+    mask's area (searched over small shifts and scales), overlaps the mask best."""
+    cx, cy = metrics.centroid(mask)
+    factors = {"circle": math.pi, "square": 1.72 ** 2, "triangle": 3 * math.sqrt(3) / 4}  # area / radius^2
     best = {}
     for shape, factor in factors.items():
         radius = math.sqrt(mask.sum() / factor)
-        # a triangle's centroid sits below its circumcentre by radius / 4
-        y = c[1] - radius / 4 if shape == "triangle" else c[1]
-        ideal = _coverage(Obj(shape, "red", "big", radius, c[0], y, None), xs, ys)
-        best[shape] = metrics.iou(mask, ideal)
+        best[shape] = max(
+            metrics.iou(mask, render(Scene((Obj(shape, "red", "big", radius * k, cx + dx, cy + dy, None),), "white"),
+                                     supersample=2)[1][0])
+            for k in (0.9, 1.0, 1.1) for dx in (-0.5, 0.0, 0.5) for dy in (-0.5, 0.0, 0.5)
+        )
     return max(best, key=best.get)
 
 

@@ -1,7 +1,9 @@
 """ComfyUI adapters: thin nodes over the `p2p` engine."""
 
+from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps
 from .demo_model import P2PDemoModel
 from .edit_nodes import P2PEditSpec, P2PLocalBlend, P2PReweight
+from .inversion_nodes import P2PInvert, P2PLoadInversion, P2PSaveInversion
 from .sampler_node import P2PSampler
 
 NODE_CLASS_MAPPINGS = {
@@ -9,6 +11,11 @@ NODE_CLASS_MAPPINGS = {
     "P2PReweight": P2PReweight,
     "P2PLocalBlend": P2PLocalBlend,
     "P2PSampler": P2PSampler,
+    "P2PAttentionCapture": P2PAttentionCapture,
+    "P2PAttentionMaps": P2PAttentionMaps,
+    "P2PInvert": P2PInvert,
+    "P2PSaveInversion": P2PSaveInversion,
+    "P2PLoadInversion": P2PLoadInversion,
     "P2PDemoModel": P2PDemoModel,
 }
 
@@ -17,5 +24,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "P2PReweight": "P2P Reweight",
     "P2PLocalBlend": "P2P Local Blend",
     "P2PSampler": "P2P Sampler",
+    "P2PAttentionCapture": "P2P Attention Capture",
+    "P2PAttentionMaps": "P2P Attention Maps",
+    "P2PInvert": "P2P Invert (real image)",
+    "P2PSaveInversion": "P2P Save Inversion",
+    "P2PLoadInversion": "P2P Load Inversion",
     "P2PDemoModel": "P2P Demo Model (shapes)",
 }

@@ -15,6 +15,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 
 from ..p2p import EditRun, LayerCall
+from ..p2p.inversion import Inversion, trajectory_at
 from .unet import AttentionSite
 
 __all__ = ["HostRun", "install"]
@@ -34,6 +35,22 @@ class HostRun:
     sigmas: list[float]  # the schedule of this run
     positive_uuid: object = None  # set once the guider has converted the conditioning
     warned: set = field(default_factory=set)
+    inversion: Inversion | None = None  # editing a real image: the source retraces this path
+    null_patch: object = None  # null_text: the attn2 patch that carries each step's unconditional context
+
+    def follow_inversion(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
+        """Before an evaluation: Direct inversion puts the source latent on the inverted path (so the attention
+        it lends the edits is the real image's); null-text sets the step's unconditional context."""
+        inv = self.inversion
+        if inv is None:
+            return x
+        if self.null_patch is not None:
+            self.null_patch.context = inv.null_contexts[min(step, inv.steps - 1)]
+        if inv.method != "direct":
+            return x
+        x = x.clone()
+        x[0] = trajectory_at(inv, sigma).to(x)
+        return x
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
@@ -77,6 +94,8 @@ class AttentionPatch:
             heads=extra["n_heads"],
             spatial=(h, w),
             downsample=self.site.downsample,
+            block=self.site.key[0],
+            layer=self.site.key,
         )
 
     def __call__(self, q, k, v, extra_options):
@@ -128,7 +147,9 @@ def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
 
     def predict_noise(executor, x, timestep, model_options, seed):
         run = host.run
-        run.begin_evaluation(float(timestep.max()), host.sigmas)
+        sigma = float(timestep.max())
+        step = run.begin_evaluation(sigma, host.sigmas)
+        x = host.follow_inversion(x, sigma, step)
         denoised = executor(run.blend_input(x), timestep, model_options, seed)
         return run.blend_output(denoised)
 

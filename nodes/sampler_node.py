@@ -9,11 +9,14 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 from comfy.k_diffusion.sampling import BrownianTreeNoiseSampler, default_noise_sampler
 
-from ..p2p import EditRun
+from ..p2p import AttentionCapture, CaptureSpec, EditRun
+from .attention_nodes import DEFAULT_CAPTURE, P2P_ATTENTION, P2P_CAPTURE, CapturedAttention
 from .bundle import P2P_EDIT, EditBundle
 from .errors import input_error
+from .inversion_nodes import P2P_INVERSION, InversionBundle, NullContextPatch, deterministic_samplers
 from .patch import HostRun, install
 from .unet import UnsupportedModel, attention_sites, nearest_downsample
 
@@ -54,9 +57,13 @@ class P2PSampler:
         "attention into the edits. Output: a latent batch, source first, then each edit."
     )
     CATEGORY = "prompt_to_prompt"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The source latent followed by one latent per edit; decode to see them side by side.",)
+    RETURN_TYPES = ("LATENT", P2P_ATTENTION)
+    RETURN_NAMES = ("latent", "attention")
+    OUTPUT_TOOLTIPS = (
+        "The source latent followed by one latent per edit; decode to see them side by side.",
+        "The cross-attention maps of every word (and self-attention maps) captured during sampling, for "
+        "P2P Attention Maps.",
+    )
     FUNCTION = "sample"
 
     @classmethod
@@ -66,7 +73,6 @@ class P2PSampler:
                 "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model (LoRAs and other patches are kept)."}),
                 "edit": (P2P_EDIT, {"tooltip": "The source prompt and the edits, from P2PEditSpec."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt, shared by the source and every edit."}),
-                "latent_image": ("LATENT", {"tooltip": "One latent (batch size 1); every item starts from it."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "The noise seed, shared by the source and every edit."}),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "Sampling steps."}),
@@ -77,11 +83,22 @@ class P2PSampler:
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "Noise schedule."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "Fraction of the schedule to run (below 1 for img2img)."}),
-            }
+            },
+            "optional": {
+                "latent_image": ("LATENT", {"tooltip": "One latent (batch size 1); every item starts from it. Not "
+                                            "needed with an inversion."}),
+                "inversion": (P2P_INVERSION, {"tooltip": "From P2P Invert: edit a real image. The source then "
+                                              "reproduces the image and every edit starts from its inverted noise. "
+                                              "Needs a deterministic sampler and the inversion's steps and scheduler."}),
+                "capture": (P2P_CAPTURE, {"tooltip": "Which attention maps to capture for the `attention` output "
+                                          "(P2P Attention Capture). Unconnected: the paper's choice, the 16x16-class "
+                                          "layers of SD1.x (1/4 of the latent) over all steps."}),
+            },
         }
 
-    def sample(self, model, edit: EditBundle, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
-               denoise=1.0):
+    def sample(self, model, edit: EditBundle, negative, seed, steps, cfg, sampler_name, scheduler, denoise=1.0,
+               latent_image=None, inversion: InversionBundle | None = None,
+               capture: CaptureSpec | None = DEFAULT_CAPTURE):
         node = "P2PSampler"
         try:
             sites = attention_sites(model)
@@ -92,23 +109,47 @@ class P2PSampler:
         if expected is not None and width != expected:
             raise input_error(node, "edit", f"the prompts were encoded by a text encoder of width {width}, but this "
                               f"model expects {expected}: encode them with the CLIP of the same checkpoint")
-        latent = latent_image["samples"]
-        if latent.is_nested or latent.shape[0] != 1:
-            raise input_error(node, "latent_image", f"needs a batch of one latent, got {latent.shape[0]}; the source "
-                              "and every edit are all made from that one latent")
-        latent = comfy.sample.fix_empty_latent_channels(model, latent)
-        size = edit.batch.size
-        noise = comfy.sample.prepare_noise(latent, seed).repeat(size, *([1] * (latent.ndim - 1)))
-        latents = latent.repeat(size, *([1] * (latent.ndim - 1)))
-        noise_mask = latent_image.get("noise_mask")
-
+        if (latent_image is None) == (inversion is None):
+            raise input_error(node, "latent_image", "connect either a latent_image (to generate) or an inversion "
+                              "(to edit a real image), not both or neither")
         patched = model.clone()
         ksampler = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=sampler_name,
                                            scheduler=scheduler, denoise=denoise, model_options=patched.model_options)
         sigmas = ksampler.sigmas
-        run = EditRun(edit.batch, num_steps=sigmas.shape[-1] - 1, blend_downsample=nearest_downsample(sites))
-        host = HostRun(run, sigmas.tolist())
+        size = edit.batch.size
+        if inversion is not None:
+            self._check_inversion(node, inversion, edit, model, sigmas, cfg, sampler_name, denoise)
+            start = model.model.process_latent_out(inversion.inversion.noise[None].float())
+            latents = start.repeat(size, *([1] * (start.ndim - 1)))
+            noise = torch.zeros_like(latents)  # the sampler starts exactly at the inverted noise
+            latent_image, noise_mask = {"samples": start}, None
+            if inversion.inversion.method == "negative_prompt":
+                negative = edit.conditionings[0]  # the source prompt as the negative, for every item
+        else:
+            latent = latent_image["samples"]
+            if latent.is_nested or latent.shape[0] != 1:
+                raise input_error(node, "latent_image", f"needs a batch of one latent, got {latent.shape[0]}; the "
+                                  "source and every edit are all made from that one latent")
+            latent = comfy.sample.fix_empty_latent_channels(model, latent)
+            noise = comfy.sample.prepare_noise(latent, seed).repeat(size, *([1] * (latent.ndim - 1)))
+            latents = latent.repeat(size, *([1] * (latent.ndim - 1)))
+            noise_mask = latent_image.get("noise_mask")
+        num_steps = sigmas.shape[-1] - 1
+        recorder = None
+        if capture is not None:
+            classes = sorted({s.downsample for s in sites})
+            downsample = capture.downsample or nearest_downsample(sites)
+            if downsample not in classes:
+                raise input_error(node, "capture", f"this model has no attention layers at 1/{downsample} of the "
+                                  f"latent size; it has them at {', '.join(f'1/{c}' for c in classes)}")
+            prompts = (edit.batch.source, *(e.target for e in edit.batch.edits))
+            recorder = AttentionCapture(capture, prompts, num_steps, downsample)
+        run = EditRun(edit.batch, num_steps=num_steps, blend_downsample=nearest_downsample(sites), capture=recorder)
+        host = HostRun(run, sigmas.tolist(), inversion=None if inversion is None else inversion.inversion)
         install(patched, host, sites)
+        if inversion is not None and inversion.inversion.method == "null_text":
+            host.null_patch = NullContextPatch()
+            patched.set_model_attn2_patch(host.null_patch)
 
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(edit.positive(), negative)
@@ -118,7 +159,34 @@ class P2PSampler:
         callback = latent_preview.prepare_callback(patched, sigmas.shape[-1] - 1)
         samples = guider.sample(noise, latents, shared_noise_sampler(sampler_name), sigmas, denoise_mask=noise_mask,
                                 callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        if inversion is not None and inversion.inversion.method == "direct":
+            # the source is the inverted image itself (the end of its path), exactly
+            samples[0] = model.model.process_latent_out(inversion.inversion.trajectory[-1:].float()).to(samples)[0]
         samples = run.blend_final(samples).to(comfy.model_management.intermediate_device())
         out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index")}
         out["samples"] = samples
-        return (out,)
+        maps = recorder.result(run.masks) if recorder is not None else None
+        return (out, CapturedAttention(maps, edit.split_words))
+
+    @staticmethod
+    def _check_inversion(node, bundle: InversionBundle, edit: EditBundle, model, sigmas, cfg, sampler_name, denoise):
+        inv = bundle.inversion
+        allowed = deterministic_samplers()
+        if sampler_name not in allowed:
+            raise input_error(node, "sampler_name", f"{sampler_name} adds fresh noise at every step, so it cannot "
+                              f"retrace an inversion; use a deterministic sampler: {', '.join(allowed)}")
+        if denoise != 1.0:
+            raise input_error(node, "denoise", "must be 1.0 with an inversion (the inversion covers the whole schedule)")
+        if sigmas.shape != inv.sigmas.shape or not torch.allclose(sigmas.cpu().float(), inv.sigmas.float(), rtol=1e-5):
+            raise input_error(node, "steps", f"the inversion was made with {inv.steps} steps and the "
+                              f"'{bundle.scheduler}' scheduler; use the same here")
+        channels = model.model.latent_format.latent_channels
+        if inv.trajectory.shape[1] != channels:
+            raise input_error(node, "inversion", f"was made with a model of {inv.trajectory.shape[1]} latent channels; "
+                              f"this model has {channels}")
+        if bundle.source_prompt and bundle.source_prompt.strip() != edit.source_prompt.strip():
+            raise input_error(node, "edit", f'its source prompt "{edit.source_prompt}" is not the one the image was '
+                              f'inverted with, "{bundle.source_prompt}"')
+        if inv.method == "null_text" and abs(cfg - inv.cfg) > 1e-6:
+            raise input_error(node, "cfg", f"must be {inv.cfg:g}, the guidance the null-text inversion was "
+                              "optimised for")

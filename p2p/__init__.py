@@ -5,6 +5,8 @@ Nothing here imports ComfyUI: the host adapter (`nodes/`) translates the host's 
 """
 
 from .align import TokenMapping, global_align, identity_mapping, refine_mapping, replace_mapping
+from .capture import (LAYER_GROUPS, AttentionCapture, AttentionMaps, CaptureSpec, prompt_words, self_components,
+                      word_maps)
 from .errors import P2PError
 from .local_blend import BlendMaps, blend, blend_mask
 from .runtime import EditRun, LayerCall
@@ -15,6 +17,7 @@ from .tokens import END, PAD, START, WORD, PromptTokens, TokenPiece, Word
 
 __all__ = [
     "TokenMapping", "global_align", "identity_mapping", "refine_mapping", "replace_mapping",
+    "LAYER_GROUPS", "AttentionCapture", "AttentionMaps", "CaptureSpec", "prompt_words", "self_components", "word_maps",
     "P2PError",
     "BlendMaps", "blend", "blend_mask",
     "EditRun", "LayerCall",

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .attention import apply_probabilities, fold_tokens, mix_cross, probabilities
+from .capture import AttentionCapture
 from .local_blend import SOURCE, SUBTRACT_SOURCE, SUBTRACT_TARGET, TARGET, BlendMaps, blend
 from .schedule import step_of_sigma
 from .spec import EditBatch
@@ -36,6 +37,8 @@ class LayerCall:
     heads: int
     spatial: tuple[int, int]  # (h, w) grid of the queries
     downsample: int  # latent size / layer size (1 = full resolution)
+    block: str = ""  # "input", "middle" or "output": where the layer sits in the UNet
+    layer: object = None  # the layer's identity (the host's patch key), for counting captured layers
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,10 +50,12 @@ class _EditTensors:
 
 
 class EditRun:
-    def __init__(self, batch: EditBatch, num_steps: int, blend_downsample: int | None = None):
+    def __init__(self, batch: EditBatch, num_steps: int, blend_downsample: int | None = None,
+                 capture: AttentionCapture | None = None):
         self.batch = batch
         self.num_steps = max(num_steps, 1)
         self.blend_downsample = blend_downsample
+        self.capture = capture  # optional: aggregates attention maps for viewing
         self.step = 0
         self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
         # Decided on the CPU up front so that no layer call waits on the device to ask.
@@ -77,17 +82,20 @@ class EditRun:
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """q [R, Nq, H*d], k and v [R, T, H*d] -> (output [R, Nq, H*d], rows changed)."""
         step = self.step
-        capture = call.downsample == self.blend_downsample
+        blend_layer = call.downsample == self.blend_downsample
+        viewing = self.capture is not None and self.capture.wants(step, call.downsample, call.block)
         todo = [
             e
             for e in range(len(self.batch.edits))
-            if self._cross_on[e][step] or (capture and self.blend_maps[e] is not None)
+            if self._cross_on[e][step] or (blend_layer and self.blend_maps[e] is not None) or viewing
         ]
         out = attend(q, k, v)
         if not todo:
             return out, ()
         heads, src = call.heads, call.source_row
         source_map = fold_tokens(probabilities(q[src], k[src], heads), self.batch.source.length)  # [H, Nq, Ls]
+        if viewing:
+            self.capture.add_cross(0, step, source_map, call.spatial, call.layer)
         changed = []
         for e in todo:
             row = call.edit_rows[e]
@@ -98,8 +106,10 @@ class EditRun:
                 edit_map = mix_cross(source_map, edit_map, t.weights, t.own, t.alphas[step], t.equalizer)
                 out[row] = apply_probabilities(edit_map, v[row], heads)
                 changed.append(row)
-            if capture and self.blend_maps[e] is not None:
+            if blend_layer and self.blend_maps[e] is not None:
                 self._capture_blend(e, source_map, edit_map, call.spatial)
+            if viewing:
+                self.capture.add_cross(e + 1, step, edit_map, call.spatial, call.layer)
         return out, tuple(changed)
 
     def self_attention(
@@ -117,12 +127,17 @@ class EditRun:
             for e, edit in enumerate(self.batch.edits)
             if self._self_on[e][step] and call.downsample >= edit.self_min_downsample
         )
-        if not rows:
-            return attend(q, k, v), ()
-        injected_q, injected_k = q.clone(), k.clone()
-        injected_q[list(rows)] = q[call.source_row]
-        injected_k[list(rows)] = k[call.source_row]
-        return attend(injected_q, injected_k, v), rows
+        viewing = (self.capture is not None and self.capture.spec.self_attention
+                   and self.capture.wants(step, call.downsample, call.block))
+        if rows:
+            injected_q, injected_k = q.clone(), k.clone()
+            injected_q[list(rows)] = q[call.source_row]
+            injected_k[list(rows)] = k[call.source_row]
+            q, k = injected_q, injected_k
+        if viewing:  # the maps in effect: an injected edit row shows the source's map
+            for item, row in enumerate((call.source_row, *call.edit_rows)):
+                self.capture.add_self(item, probabilities(q[row], k[row], call.heads))
+        return attend(q, k, v), rows
 
     # -- local blend ---------------------------------------------------------------------------
 

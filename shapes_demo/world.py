@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "SIZE", "SHAPES", "COLORS", "BACKGROUNDS", "SIZES", "POSITIONS", "TEXTURE",
-    "Obj", "Scene", "sample_scene", "render", "caption", "with_article",
+    "Obj", "Scene", "sample_scene", "render", "caption", "with_article", "coverage",
 ]
 
 SIZE = 32
@@ -129,7 +129,8 @@ def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
     return Scene(tuple(objects), rng.choice(list(BACKGROUNDS)), say_background=rng.random() < 0.6).with_caption()
 
 
-def _coverage(o: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def coverage(o: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Which of the points (xs, ys) (pixel coordinates, any shape) lie inside the object."""
     dx, dy = xs - o.x, ys - o.y
     if o.shape == "circle":
         return dx * dx + dy * dy <= o.radius * o.radius
@@ -152,7 +153,7 @@ def render(scene: Scene, supersample: int = 4) -> tuple[np.ndarray, list[np.ndar
     canvas[:] = BACKGROUNDS[scene.background]
     owner = np.full((n, n), -1)
     for i, o in enumerate(scene.objects):
-        inside = _coverage(o, xs, ys)
+        inside = coverage(o, xs, ys)
         color = np.array(COLORS[o.color], np.float32)
         if o.striped:
             stripe = (np.floor(ys) % 4) >= 2

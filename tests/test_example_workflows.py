@@ -4,6 +4,7 @@ The demo-model workflows run as they are; the SD1.5/SDXL ones get their checkpoi
 small random model of the same family, at a small size (no checkpoint can be downloaded here)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ FAMILY = {"p2p_word_swap_sd15": "sd15", "p2p_reweight_local_blend_sdxl": "sdxl"}
 def test_every_workflow_is_generated_and_current(host):
     files = {p.stem for p in (ROOT / "example_workflows").glob("*.json")}
     assert files == set(WORKFLOWS)
+    from tools.build_workflows import INVERT_SCENE, write_scene
+
+    scene = ROOT / "test-artifacts" / INVERT_SCENE
+    scene.parent.mkdir(exist_ok=True)
+    write_scene(scene)
+    assert scene.read_bytes() == (ROOT / "example_workflows" / INVERT_SCENE).read_bytes()
     for name, workflow in build(host.nodes.NODE_CLASS_MAPPINGS).items():
         committed = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
         assert committed == workflow, f"example_workflows/{name}.json is stale: run `python -m tools.build_workflows`"
@@ -34,8 +41,14 @@ def test_workflow_runs_headless(host, name):
                                                                        "dtype": "float32"}
         elif node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=128, height=128)
-        elif node["class_type"] == "P2PSampler":
+        elif node["class_type"] in ("P2PSampler", "P2PInvert"):
             node["inputs"]["steps"] = 4
+        elif node["class_type"] == "LoadImage":  # the picture the example tells users to copy into input/
+            import folder_paths
+
+            inputs = Path(folder_paths.get_input_directory())
+            inputs.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / "example_workflows" / node["inputs"]["image"], inputs)
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
     edits = sum(1 for n in prompt.values() if n["class_type"] == "P2PEditSpec")
     images = host.run(prompt, keep=(decode,))[decode][0]

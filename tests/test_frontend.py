@@ -80,3 +80,73 @@ def test_example_workflow_loads_and_queues_as_headless(page, host, path):
     assert {k: (v["class_type"], v["inputs"]) for k, v in queued.items()} == {
         k: (v["class_type"], v["inputs"]) for k, v in expected.items()
     }
+
+
+HEATMAP_WORKFLOW = ROOT / "example_workflows" / "p2p_demo_attention_maps.json"
+VIEW = "window.app.graph.nodes.find(n => n.type === 'P2PAttentionMaps')"
+
+
+def _canvas_pixels(page) -> list[int]:
+    return page.evaluate(f"""() => {{
+        const c = {VIEW}.p2pAttentionView.canvas;
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+    }}""")
+
+
+def _wait_for_draw(page, after: int) -> int:
+    page.wait_for_function(f"() => ({VIEW}?.p2pAttentionView?.draws ?? 0) > {after}", timeout=180_000)
+    return page.evaluate(f"() => {VIEW}.p2pAttentionView.draws")
+
+
+def _click(page, selector: str) -> None:
+    page.locator(f".p2p-attention {selector}").first.click()
+
+
+@pytest.mark.parametrize("renderer", ["classic", "nodes2"])
+def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, renderer):
+    page.evaluate("async (on) => { await window.app.ui.settings.setSettingValueAsync('Comfy.VueNodes.Enabled', on); }",
+                  renderer == "nodes2")
+    load(page, json.loads(HEATMAP_WORKFLOW.read_text()))
+    # bring the node into view so the controls can be clicked like a user would
+    page.evaluate(f"""() => {{
+        const n = {VIEW}, ds = window.app.canvas.ds;
+        ds.scale = 1; ds.offset[0] = 120 - n.pos[0]; ds.offset[1] = 140 - n.pos[1];
+        window.app.canvas.setDirty(true, true);
+    }}""")
+    assert page.evaluate(f"() => {VIEW}.p2pAttentionView.draws") == 0
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    draws = _wait_for_draw(page, 0)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"heatmaps_{renderer}_first.png"))
+
+    first = _canvas_pixels(page)
+    assert len(set(first)) > 20, "the heatmap canvas is blank"
+    state = page.evaluate(f"() => ({{...{VIEW}.p2pAttentionView.canvas.dataset}})")
+    assert state["item"] == "1" and state["words"] == "yellow"  # the workflow shows edit 1; first content word
+
+    _click(page, "[data-word='square']")
+    draws = _wait_for_draw(page, draws)
+    second = _canvas_pixels(page)
+    assert page.evaluate(f"() => {VIEW}.p2pAttentionView.canvas.dataset.words") == "square"
+    assert second != first, "choosing another word did not change the heatmap"
+    page.screenshot(path=str(ARTIFACTS / f"heatmaps_{renderer}_square.png"))
+
+    _click(page, "[data-item='0']")  # the source/edit switch
+    draws = _wait_for_draw(page, draws)
+    assert page.evaluate(f"() => {VIEW}.p2pAttentionView.canvas.dataset.item") == "0"
+    source_view = _canvas_pixels(page)
+    assert source_view != second
+
+    page.locator(".p2p-attention .p2p-opacity").first.fill("0")
+    _wait_for_draw(page, draws)
+    assert _canvas_pixels(page) != source_view
+
+    # the view is not part of the saved workflow or of the queued prompt, and no other node has it
+    saved = page.evaluate(f"() => window.app.graph.serialize().nodes.find(n => n.type === 'P2PAttentionMaps')")
+    assert len(saved["widgets_values"]) == 3  # item, components, words
+    queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    (maps_inputs,) = [n["inputs"] for n in queued.values() if n["class_type"] == "P2PAttentionMaps"]
+    assert set(maps_inputs) == {"attention", "images", "item", "components", "words"}
+    others = page.evaluate("() => window.app.graph.nodes.filter(n => n.type !== 'P2PAttentionMaps' && "
+                           "(n.p2pAttentionView || (n.widgets || []).some(w => w.name === 'p2p_attention_view'))).length")
+    assert others == 0

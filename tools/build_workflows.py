@@ -74,6 +74,7 @@ def _sd15_word_swap() -> tuple[Graph, dict, list, dict]:
     sizes = {"ckpt": (330, 100), "edit": (420, 460), "negative": (420, 180), "latent": (320, 110),
              "sampler": (320, 330), "decode": (210, 50), "save": (420, 460)}
     notes = [(WORD_SWAP_NOTE, (40, 180), (340, 560))]
+    _add_attention_maps(g, sampler, decode, positions, sizes, notes, x=880, y=640)
     return g, positions, notes, {"models": {"ckpt": [SD15_CHECKPOINT]}, "sizes": sizes}
 
 
@@ -119,6 +120,24 @@ on the right, at the top, at the bottom, in the center; striped; on a white / bl
 The latent is 32x32 pixels (**Empty Chroma Radiance Latent Image**); the images are scaled x8 for viewing.
 """
 
+ATTENTION_NOTE = """## Attention heatmaps
+
+**P2P Sampler**'s second output, *attention*, holds the cross-attention map of every word, captured while
+sampling. **P2P Attention Maps** draws them inside the node: pick a word with the chips (shift-click adds
+words; their maps are summed), switch between the source and each edit, set the opacity. The output
+*heatmaps* is the same as a labelled image grid; the output *components* shows the top principal
+components of the self-attention maps (the layout the model holds).
+- **item**: which picture the image outputs show (0 = the source, 1 = the first edit).
+- **words**: only these words or phrases (`circle, blue square`); empty = every word.
+
+**P2P Attention Capture** (optional, on the sampler's *capture* input) chooses what is captured:
+- **resolution**: *auto* = layers at 1/4 of the latent (the paper's 16x16 maps for SD1.5 at 512 px);
+  finer is sharper but noisier;
+- **start / end**: the steps averaged; **layers**: UNet blocks (*down+up* as in the paper);
+- **per_step**: also one map per step (rows of the grid); **self_attention**: for the components.
+- **enabled** off: nothing is captured, at no cost.
+"""
+
 DEMO_WORKFLOWS = {
     # name: (note, source, targets with (mode, reweight, blend) options)
     "p2p_demo_word_swap": ("Word swap: the circle changes colour, everything else stays.",
@@ -136,6 +155,17 @@ DEMO_WORKFLOWS = {
                              "a red circle on the left and a blue square on the right",
                              [("a green circle on the left and a blue square on the right",
                                {"blend": ("red circle", "green circle")})]),
+    "p2p_demo_attention_maps": ("Attention heatmaps of a word swap, drawn inside P2P Attention Maps (queue, then "
+                                "pick words). The demo's pictures are 32x32, so its maps are captured at 1/2 "
+                                "(16x16).",
+                                "a red circle and a small blue square",
+                                [("a yellow circle and a small blue square", {})]),
+}
+
+
+DEMO_SEEDS = {  # to be set by tools/pick_demo_seeds.py once the demo weights pass its checks (issue #3)
+    "p2p_demo_word_swap": 0, "p2p_demo_refinement": 0, "p2p_demo_reweight": 0, "p2p_demo_local_blend": 0,
+    "p2p_demo_attention_maps": 0,
 }
 
 
@@ -162,7 +192,7 @@ def _demo(name: str):
     neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
     latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
     sampler = g.node("P2PSampler", "sampler", model=model.out(0), edit=previous, negative=neg, latent_image=latent,
-                     seed=0, steps=30, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+                     seed=DEMO_SEEDS[name], steps=30, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     decode = g.node("VAEDecode", "decode", samples=sampler, vae=model.out(2))
     scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
     g.node("SaveImage", "save", images=scale, filename_prefix=name)
@@ -171,11 +201,84 @@ def _demo(name: str):
     sizes |= {"negative": (300, 160), "latent": (300, 110), "sampler": (320, 330), "decode": (210, 50),
               "scale": (320, 90), "save": (560, 320)}
     note = f"{DEMO_NOTE}\n**This workflow.** {intro}\n"
-    return g, positions, [(note, (40, 180), (300, 360))], {"sizes": sizes}
+    notes = [(note, (40, 180), (300, 360))]
+    if name == "p2p_demo_attention_maps":
+        sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/2",
+                                           start=0.0, end=1.0, layers="down+up", per_step=False, self_attention=True)
+        _add_attention_maps(g, sampler, decode, positions, sizes, notes, x=x, y=640)
+        positions["capture"], sizes["capture"] = (x - 440, 640), (400, 250)
+    return g, positions, notes, {"sizes": sizes}
+
+
+def _add_attention_maps(g: Graph, sampler, decode, positions: dict, sizes: dict, notes: list, x: int, y: int) -> None:
+    """P2P Attention Maps on a sampler's decoded batch, with previews of its image outputs and a note."""
+    maps = g.node("P2PAttentionMaps", "maps", attention=sampler.out(1), images=decode, item=1, components=6,
+                  words="")
+    g.node("PreviewImage", "heatmaps", title="Heatmaps grid", images=maps.out(0))
+    g.node("PreviewImage", "components", title="Self-attention components", images=maps.out(1))
+    positions |= {"maps": (x, y), "heatmaps": (x + 440, y), "components": (x + 440, y + 330)}
+    sizes |= {"maps": (420, 640), "heatmaps": (520, 300), "components": (520, 300)}
+    notes.append((ATTENTION_NOTE, (x + 1000, y), (420, 560)))
+
+
+INVERT_NOTE = """## Editing a real image
+
+**P2P Invert** finds the noise from which the model regenerates your picture, so **P2P Sampler** can edit it
+like a generated one: the source item is your picture, each edit starts from it.
+
+- **image**: any picture; it is centre-cropped (not resized) to a multiple of the model's size step (64 px
+  for SD, 4 px for the demo model). This example uses `p2p_demo_scene.png` (from the pack's
+  `example_workflows/` folder; copy it into ComfyUI's `input/` folder), a rendered scene the demo model
+  never generated.
+- **source_prompt** describes the picture; P2P Edit Spec must use the same text.
+- **method**: *direct* (default) reproduces the picture exactly at the cost of one inversion; *null_text*
+  optimises the unconditional prompt per step (slow, for the classic results); *negative_prompt* and *ddim*
+  are quick and approximate.
+- **steps / scheduler / cfg**: P2P Sampler must use the same steps and scheduler (and, for null_text, cfg),
+  and a deterministic sampler (euler, ddim, heun, dpmpp_2m, lms, ...).
+
+The inversion does not depend on the edited prompt, so changing the target prompt, weights or blend
+words re-runs only the sampler: ComfyUI keeps the inversion. **P2P Save Inversion** writes it to
+`output/p2p_inversions/`; **P2P Load Inversion** reads it back.
+"""
+
+INVERT_SCENE = "p2p_demo_scene.png"
+INVERT_SOURCE = "a red circle on the left and a blue square on the right"
+
+
+def _demo_invert() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    model = g.node("P2PDemoModel", "model")
+    image = g.node("LoadImage", "image", image=INVERT_SCENE)
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
+    invert = g.node("P2PInvert", "invert", model=model.out(0), vae=model.out(2), image=image.out(0), negative=neg,
+                    steps=30, cfg=5.0, scheduler="normal", method="direct", inner_steps=10, early_stop=1e-5,
+                    learning_rate=1e-2, clip=model.out(1), source_prompt=INVERT_SOURCE)
+    edit = g.node("P2PEditSpec", "edit", clip=model.out(1), source_prompt=INVERT_SOURCE,
+                  target_prompt="a yellow circle on the left and a blue square on the right", mode="auto",
+                  cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
+    sampler = g.node("P2PSampler", "sampler", model=model.out(0), edit=edit, negative=neg, seed=0, steps=30, cfg=5.0,
+                     sampler_name="euler", scheduler="normal", denoise=1.0, inversion=invert.out(0))
+    decode = g.node("VAEDecode", "decode", samples=sampler, vae=model.out(2))
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_invert")
+    rec_scale = g.node("ImageScaleBy", "rec_scale", image=invert.out(1), upscale_method="nearest-exact", scale_by=8.0)
+    g.node("PreviewImage", "reconstruction", title="Reconstruction", images=rec_scale)
+    g.node("P2PSaveInversion", "save_inversion", inversion=invert.out(0), filename_prefix="p2p_demo_scene")
+    positions = {"model": (40, 40), "image": (40, 560), "negative": (40, 940), "invert": (380, 40),
+                 "edit": (380, 600), "sampler": (820, 40), "decode": (820, 420), "scale": (820, 510),
+                 "save": (1180, 40), "rec_scale": (820, 650), "reconstruction": (1180, 420),
+                 "save_inversion": (820, 790)}
+    sizes = {"model": (300, 100), "image": (300, 340), "negative": (300, 160), "invert": (400, 520),
+             "edit": (400, 460), "sampler": (320, 330), "decode": (210, 50), "scale": (320, 90), "save": (420, 340),
+             "rec_scale": (320, 90), "reconstruction": (420, 320), "save_inversion": (320, 90)}
+    notes = [(f"{DEMO_NOTE}\n{INVERT_NOTE}", (1640, 40), (440, 760))]
+    return g, positions, notes, {"sizes": sizes}
 
 
 WORKFLOWS = {
     **{name: (lambda n=name: _demo(n)) for name in DEMO_WORKFLOWS},
+    "p2p_demo_invert_real_image": _demo_invert,
     "p2p_word_swap_sd15": _sd15_word_swap,
     "p2p_reweight_local_blend_sdxl": _sdxl_reweight_blend,
 }
@@ -197,6 +300,21 @@ def main() -> None:
     for name, workflow in build(h.nodes.NODE_CLASS_MAPPINGS).items():
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
         print(f"wrote example_workflows/{name}.json")
+    write_scene(OUT / INVERT_SCENE)
+    print(f"wrote example_workflows/{INVERT_SCENE}")
+
+
+def write_scene(path: Path) -> None:
+    """The picture the inversion example edits: rendered by the shapes world, not generated by the model."""
+    import numpy as np
+    from PIL import Image
+
+    from shapes_demo.world import Obj, Scene, render
+
+    scene = Scene((Obj("circle", "red", "big", 6.5, 9.0, 15.0, "left"), Obj("square", "blue", "big", 6.0, 23.5, 17.0,
+                                                                           "right")), "white")
+    image, _ = render(scene)
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(path)
 
 
 if __name__ == "__main__":
