@@ -28,8 +28,8 @@ UNET_CONFIG = {
     "legacy": False,
     "in_channels": 3,
     "out_channels": 3,
-    "model_channels": 32,
-    "channel_mult": [1, 2, 2],
+    "model_channels": 64,
+    "channel_mult": [1, 1, 1],
     "num_res_blocks": [1, 1, 1],
     "transformer_depth": [0, 1, 1],  # attention at 16x16 and 8x8
     "transformer_depth_output": [0, 0, 1, 1, 1, 1],  # per output block, listed from the finest level up

@@ -1,13 +1,15 @@
 """Train the demo model on the shapes world.
 
-    .venv/bin/python -m shapes_demo.train [--steps 3400] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
+    .venv/bin/python -m shapes_demo.train [--steps 3600] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
 and a twin of ComfyUI's CLIP text model jointly: v-prediction on the model's noise schedule (SD1's,
-rescaled to zero terminal SNR), low-noise steps down-weighted (min-SNR style, gamma 5), AdamW with warm-up and cosine decay, 10%
-empty captions (for classifier-free guidance). Saves the exponential moving average of the weights, which samples better than the raw ones.
-Logs the loss every 50 steps and keeps a resumable checkpoint next to the output.
+rescaled to zero terminal SNR), low-noise steps down-weighted (min-SNR style, gamma 5), AdamW with
+warm-up and cosine decay, 10% empty captions (for classifier-free guidance), bfloat16 autocast with
+float32 weights (1.9x faster on CPU than float32). Saves the exponential moving average of the weights,
+which samples better than the raw ones. Logs the loss every 50 steps and keeps a resumable checkpoint
+next to the output.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .model import TEXT_CONFIG, WEIGHTS
 from .text_encoder import TextEncoder
@@ -65,12 +68,14 @@ def init_for_training(module: torch.nn.Module, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3400)
+    parser.add_argument("--steps", type=int, default=3600)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--embed-std", type=float, default=1.0, help="initial std of the token embeddings")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fp32", action="store_true", help="train in float32 (default: bfloat16 autocast, fp32 weights)")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
 
@@ -93,6 +98,10 @@ def main() -> None:
     torch.manual_seed(1)
     for p in text.parameters():  # CLIP-like: small normal weights, unit norms
         torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
+    # Token embeddings far larger than the positions' and the layers' outputs: each word's context vector is
+    # distinct from step 0, so the UNet's cross-attention has something to learn from (with CLIP's 0.02 the
+    # words drown in the position embeddings and prompt-following barely starts within the CPU budget).
+    torch.nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=args.embed_std)
     for m in text.modules():
         if isinstance(m, torch.nn.LayerNorm):
             torch.nn.init.ones_(m.weight)
@@ -136,8 +145,9 @@ def main() -> None:
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        context = text(tokens)
-        pred = unet(xt, t.float(), context=context)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32), sdpa_kernel(SDPBackend.MATH):
+            context = text(tokens)
+            pred = unet(xt, t.float(), context=context).float()
         velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
         loss = ((pred - velocity) ** 2).mean(dim=(1, 2, 3)).mul(loss_weight[t]).mean()
         optimizer.zero_grad(set_to_none=True)

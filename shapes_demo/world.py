@@ -103,7 +103,7 @@ def _fits(x: float, y: float, r: float) -> bool:
 
 def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
     """A random scene; what the caption omits is left free."""
-    count = rng.choices([1, 2, 3][:max_objects], weights=[0.45, 0.35, 0.2][:max_objects])[0]
+    count = rng.choices([1, 2, 3][:max_objects], weights=[0.55, 0.3, 0.15][:max_objects])[0]
     positions = rng.sample(list(POSITIONS), count)
     objects: list[Obj] = []
     for position in positions:

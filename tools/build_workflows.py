@@ -163,9 +163,9 @@ DEMO_WORKFLOWS = {
 }
 
 
-DEMO_SEEDS = {  # to be set by tools/pick_demo_seeds.py once the demo weights pass its checks (issue #3)
-    "p2p_demo_word_swap": 0, "p2p_demo_refinement": 0, "p2p_demo_reweight": 0, "p2p_demo_local_blend": 0,
-    "p2p_demo_attention_maps": 0,
+DEMO_SEEDS = {  # from tools/pick_demo_seeds.py; refinement and local blend: no seed of 0-15 passes (MODEL.md)
+    "p2p_demo_word_swap": 3, "p2p_demo_refinement": 0, "p2p_demo_reweight": 2, "p2p_demo_local_blend": 0,
+    "p2p_demo_attention_maps": 3,
 }
 
 
