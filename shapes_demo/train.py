@@ -98,9 +98,8 @@ def main() -> None:
     torch.manual_seed(1)
     for p in text.parameters():  # CLIP-like: small normal weights, unit norms
         torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
-    # Token embeddings far larger than the positions' and the layers' outputs: each word's context vector is
-    # distinct from step 0, so the UNet's cross-attention has something to learn from (with CLIP's 0.02 the
-    # words drown in the position embeddings and prompt-following barely starts within the CPU budget).
+    # Token embeddings far larger than the positions' and the layers' outputs, so each word's context vector is
+    # distinct from step 0; not shown to beat CLIP's 0.02 (MODEL.md, "What made it follow prompts").
     torch.nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=args.embed_std)
     for m in text.modules():
         if isinstance(m, torch.nn.LayerNorm):
