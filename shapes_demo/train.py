@@ -1,6 +1,6 @@
 """Train the demo model on the shapes world.
 
-    .venv/bin/python -m shapes_demo.train [--steps 3600] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
+    .venv/bin/python -m shapes_demo.train [--steps 3600] [--grounding-steps 1500] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
@@ -10,6 +10,10 @@ warm-up and cosine decay, 10% empty captions (for classifier-free guidance), bfl
 float32 weights (1.9x faster on CPU than float32). Saves the exponential moving average of the weights,
 which samples better than the raw ones. Logs the loss every 50 steps and keeps a resumable checkpoint
 next to the output.
+
+Two phases: `--steps` on the diffusion loss alone, then `--grounding-steps` more with the attention
+grounding loss added (`shapes_demo.grounding`: each position's cross-attention kept on the start token and
+the words of the object under it), on a second warm-up and cosine schedule.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
 from .model import TEXT_CONFIG, WEIGHTS
 from .text_encoder import TextEncoder
 from .world import render, sample_scene
@@ -34,16 +39,34 @@ EMPTY_CAPTION_RATE = 0.1
 MIN_SNR_GAMMA = 5.0
 
 
-def batch_of(step: int, size: int, tokenize) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_of(step: int, size: int, tokenize):
+    """x0 [B, 3, 32, 32] in -1..1, tokens [B, 77], and each row's (scene, masks), or None for an empty caption."""
     rng = random.Random(1_000_003 * step + 17)
-    images, tokens = [], []
+    images, tokens, truth = [], [], []
     for _ in range(size):
         scene = sample_scene(rng)
-        image, _ = render(scene)
+        image, masks = render(scene)
         images.append(image)
-        tokens.append(tokenize("" if rng.random() < EMPTY_CAPTION_RATE else scene.caption))
-    x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1  # [B, 3, 32, 32] in -1..1
-    return x0.contiguous(), torch.tensor(tokens)
+        empty = rng.random() < EMPTY_CAPTION_RATE
+        tokens.append(tokenize("" if empty else scene.caption))
+        truth.append(None if empty else (scene, masks))
+    x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+    return x0.contiguous(), torch.tensor(tokens), truth
+
+
+def grounding_targets(truth, count_tokens, side: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """allowed [B, side*side, length] and cells [B, side*side] for one attention resolution."""
+    allowed, cells = [], []
+    for row in truth:
+        if row is None:  # empty caption: nothing to ground
+            allowed.append(np.zeros((side * side, length), bool))
+            cells.append(np.zeros(side * side, bool))
+            continue
+        scene, masks = row
+        a, c = allowed_tokens(token_groups(scene, count_tokens), masks, side, length)
+        allowed.append(a)
+        cells.append(c)
+    return torch.from_numpy(np.stack(allowed)), torch.from_numpy(np.stack(cells))
 
 
 def init_for_training(module: torch.nn.Module, seed: int) -> None:
@@ -69,6 +92,9 @@ def init_for_training(module: torch.nn.Module, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3600)
+    parser.add_argument("--grounding-steps", type=int, default=1500, help="second phase, with the grounding loss")
+    parser.add_argument("--grounding-lr", type=float, default=5e-4)
+    parser.add_argument("--grounding-weight", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embed-std", type=float, default=1.0, help="initial std of the token embeddings")
@@ -108,6 +134,11 @@ def main() -> None:
     def tokenize(caption: str) -> list[int]:
         return [t for t, _ in clip.tokenize(caption)["l"][0]]
 
+    end_token = tokenize("")[1]
+
+    def count_tokens(text: str) -> int:
+        return tokenize(text).index(end_token) - 1
+
     sampling = comfy.model_sampling.ModelSamplingDiscrete(model_config())
     alphas_cumprod = 1.0 / (1.0 + sampling.sigmas.float() ** 2)  # [1000]
     snr = alphas_cumprod / (1 - alphas_cumprod)
@@ -117,8 +148,16 @@ def main() -> None:
 
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    total = args.steps + args.grounding_steps
+
+    def lr_factor(s: int) -> float:
+        start, length, peak = (0, args.steps, 1.0) if s < args.steps else (
+            args.steps, args.grounding_steps, args.grounding_lr / args.lr)
+        s -= start
+        return peak * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, length) / length))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    recorder = AttentionRecorder(unet)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +169,8 @@ def main() -> None:
                             (optimizer, "optimizer"), (schedule, "schedule")):
             module.load_state_dict(state[key])
         first = state["step"]
+        for group in optimizer.param_groups:  # the schedule's lr for this step, whatever the saved run's schedule was
+            group["lr"] = args.lr * lr_factor(first)
         print(f"resuming at step {first}")
 
     gen = torch.Generator().manual_seed(2)
@@ -137,9 +178,10 @@ def main() -> None:
         torch.randint(0, 1000, (args.batch,), generator=gen)
         torch.randn(args.batch, 3, 32, 32, generator=gen)
     unet.train()
-    started, losses = time.perf_counter(), []
-    for step in range(first, args.steps):
-        x0, tokens = batch_of(step, args.batch, tokenize)
+    started, losses, grounding_losses = time.perf_counter(), [], []
+    for step in range(first, total):
+        x0, tokens, truth = batch_of(step, args.batch, tokenize)
+        recorder.active, recorder.records = step >= args.steps, []
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -149,6 +191,19 @@ def main() -> None:
             pred = unet(xt, t.float(), context=context).float()
         velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
         loss = ((pred - velocity) ** 2).mean(dim=(1, 2, 3)).mul(loss_weight[t]).mean()
+        losses.append(loss.item())
+        if recorder.active:
+            # grounding counts where the picture shows through the noise: weight = its signal share alpha_bar
+            weight = a.view(-1) * torch.tensor([row is not None for row in truth], dtype=torch.float32)
+            targets, terms = {}, []
+            for probs in recorder.records:  # [B, H, N, 77], one per cross-attention layer
+                side = math.isqrt(probs.shape[2])
+                if side not in targets:
+                    targets[side] = grounding_targets(truth, count_tokens, side, probs.shape[3])
+                terms.append(grounding_loss(probs, *targets[side], weight))
+            grounding = torch.stack(terms).mean()
+            grounding_losses.append(grounding.item())
+            loss = loss + args.grounding_weight * grounding
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -159,12 +214,12 @@ def main() -> None:
             for ema, live in ((ema_unet, unet), (ema_text, text)):
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.lerp_(pl, 1 - decay)
-        losses.append(loss.item())
         if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - started
-            print(f"step {step + 1:5d}  loss {np.mean(losses[-50:]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  "
+            grounded = f"  grounding {np.mean(grounding_losses[-50:]):.3f}" if recorder.active else ""
+            print(f"step {step + 1:5d}  loss {np.mean(losses[-50:]):.4f}{grounded}  lr {schedule.get_last_lr()[0]:.2e}  "
                   f"{elapsed / 60:.1f} min  {elapsed / (step + 1 - first):.2f} s/step", flush=True)
-        if (step + 1) % 500 == 0 or step + 1 == args.steps:
+        if (step + 1) % 500 == 0 or step + 1 in (args.steps, total):
             torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
                         "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "step": step + 1}, checkpoint)
@@ -172,7 +227,7 @@ def main() -> None:
     state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
     state |= {f"text.{k}": v.contiguous() for k, v in ema_text.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(args.out), metadata={"steps": str(args.steps), "batch": str(args.batch)})
+    save_file(state, str(args.out), metadata={"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch)})
     print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after {(time.perf_counter() - started) / 60:.1f} min")
 
 

@@ -3,8 +3,8 @@
 Scenes are 32x32 RGB images with one to three objects on a plain background. Captions name each
 object's colour and shape, and only sometimes its size, position, texture and the background; wherever
 the caption is silent the scene is free (continuous positions and sizes around the named ones, any
-background), so a generator trained here, like a real one, redraws the whole layout when one word of the
-prompt changes.
+background), so a generator trained here is free, like a real one, to redraw the whole layout when one
+word of the prompt changes.
 
     scene = sample_scene(random.Random(0))
     image, masks = render(scene)      # [32, 32, 3] float in 0..1, one bool mask [32, 32] per object

@@ -164,8 +164,8 @@ DEMO_WORKFLOWS = {
 
 
 DEMO_SEEDS = {  # from tools/pick_demo_seeds.py; refinement and local blend: no seed of 0-15 passes (MODEL.md)
-    "p2p_demo_word_swap": 3, "p2p_demo_refinement": 0, "p2p_demo_reweight": 2, "p2p_demo_local_blend": 0,
-    "p2p_demo_attention_maps": 3,
+    "p2p_demo_word_swap": 2, "p2p_demo_refinement": 0, "p2p_demo_reweight": 14, "p2p_demo_local_blend": 0,
+    "p2p_demo_attention_maps": 2,
 }
 
 
