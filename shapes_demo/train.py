@@ -157,8 +157,8 @@ def main() -> None:
         return peak * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, length) / length))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    recorder = AttentionRecorder(unet)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    recorder = AttentionRecorder(unet)  # after the copies: the averaged UNet is never run, so needs no hooks
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out.with_suffix(".resume.pt")
