@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .world import Scene, _object_phrase
+from .world import SIZE, Scene, _object_phrase
 
 __all__ = ["token_groups", "allowed_tokens", "grounding_loss", "AttentionRecorder"]
 
@@ -56,13 +56,12 @@ def allowed_tokens(groups: list[list[int]], masks: list[np.ndarray], side: int, 
     allowed [side*side, length] bool: the tokens each position may attend to;
     cells [side*side] bool: the positions the loss applies to (inside one object, or on the background).
     """
-    size = masks[0].shape[0] if masks else 32
-    pool = size // side
+    pool = SIZE // side
     shares = [m.reshape(side, pool, side, pool).mean(axis=(1, 3)).reshape(-1) for m in masks]  # [side*side] each
     allowed = np.zeros((side * side, length), bool)
     allowed[:, START] = True
     cells = np.zeros(side * side, bool)
-    background = np.sum(shares, axis=0) == 0 if shares else np.ones(side * side, bool)
+    background = np.sum(shares, axis=0) == 0  # a scene has at least one object
     allowed[np.ix_(background, groups[-1])] = True
     cells |= background
     for j, share in enumerate(shares):
@@ -88,8 +87,9 @@ class AttentionRecorder:
 
     def __init__(self, unet: torch.nn.Module):
         self.active, self.records = False, []  # records: probs [B, H, N, T] in float32
-        self.handles = [m.register_forward_hook(self._hook, with_kwargs=True)
-                        for name, m in unet.named_modules() if name.endswith("attn2")]
+        for name, m in unet.named_modules():
+            if name.endswith("attn2"):
+                m.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
         if not self.active:

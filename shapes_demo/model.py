@@ -96,6 +96,16 @@ def build_clip(text_state: dict | None = None):
     return clip
 
 
+def token_ids(clip, text: str) -> list[int]:
+    """The 77 ids ComfyUI's SD1 tokenizer gives `text`: the start token, the words, end tokens as padding."""
+    return [t for t, _ in clip.tokenize(text)["l"][0]]
+
+
+def word_token_count(clip, text: str) -> int:
+    """How many tokens the words of `text` make (without the start and end tokens)."""
+    return token_ids(clip, text).index(clip.tokenizer.clip_l.end_token) - 1
+
+
 def build_vae():
     import comfy.sd
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import random
@@ -54,16 +55,17 @@ def batch_of(step: int, size: int, tokenize):
     return x0.contiguous(), torch.tensor(tokens), truth
 
 
-def grounding_targets(truth, count_tokens, side: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """allowed [B, side*side, length] and cells [B, side*side] for one attention resolution."""
+def grounding_targets(rows, side: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """allowed [B, side*side, length] and cells [B, side*side] for one attention resolution;
+    `rows`: each row's (token groups, masks), or None for an empty caption."""
     allowed, cells = [], []
-    for row in truth:
+    for row in rows:
         if row is None:  # empty caption: nothing to ground
             allowed.append(np.zeros((side * side, length), bool))
             cells.append(np.zeros(side * side, bool))
             continue
-        scene, masks = row
-        a, c = allowed_tokens(token_groups(scene, count_tokens), masks, side, length)
+        groups, masks = row
+        a, c = allowed_tokens(groups, masks, side, length)
         allowed.append(a)
         cells.append(c)
     return torch.from_numpy(np.stack(allowed)), torch.from_numpy(np.stack(cells))
@@ -113,7 +115,7 @@ def main() -> None:
     import comfy.sd1_clip
     from safetensors.torch import save_file
 
-    from .model import build_clip, build_model, model_config
+    from .model import build_clip, build_model, model_config, token_ids, word_token_count
 
     patcher = build_model()
     unet = patcher.model.diffusion_model
@@ -131,13 +133,7 @@ def main() -> None:
         if isinstance(m, torch.nn.LayerNorm):
             torch.nn.init.ones_(m.weight)
 
-    def tokenize(caption: str) -> list[int]:
-        return [t for t, _ in clip.tokenize(caption)["l"][0]]
-
-    end_token = tokenize("")[1]
-
-    def count_tokens(text: str) -> int:
-        return tokenize(text).index(end_token) - 1
+    tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 
     sampling = comfy.model_sampling.ModelSamplingDiscrete(model_config())
     alphas_cumprod = 1.0 / (1.0 + sampling.sigmas.float() ** 2)  # [1000]
@@ -195,11 +191,12 @@ def main() -> None:
         if recorder.active:
             # grounding counts where the picture shows through the noise: weight = its signal share alpha_bar
             weight = a.view(-1) * torch.tensor([row is not None for row in truth], dtype=torch.float32)
+            rows = [None if row is None else (token_groups(row[0], count_tokens), row[1]) for row in truth]
             targets, terms = {}, []
             for probs in recorder.records:  # [B, H, N, 77], one per cross-attention layer
                 side = math.isqrt(probs.shape[2])
                 if side not in targets:
-                    targets[side] = grounding_targets(truth, count_tokens, side, probs.shape[3])
+                    targets[side] = grounding_targets(rows, side, probs.shape[3])
                 terms.append(grounding_loss(probs, *targets[side], weight))
             grounding = torch.stack(terms).mean()
             grounding_losses.append(grounding.item())

@@ -104,17 +104,15 @@ def test_grounding_targets_follow_the_caption_and_the_masks(host):
     tokens, the background's is its phrase's, and a position may attend to the start token plus the words
     of what lies under it."""
     from shapes_demo.grounding import START, allowed_tokens, token_groups
-    from shapes_demo.model import build_clip
+    from shapes_demo.model import build_clip, token_ids, word_token_count
 
     clip = build_clip()
-    tokens = lambda text: [t for t, _ in clip.tokenize(text)["l"][0]]  # noqa: E731
-    end = tokens("")[1]
-    count = lambda text: tokens(text).index(end) - 1  # noqa: E731
+    end = clip.tokenizer.clip_l.end_token
     decode = clip.tokenizer.clip_l.tokenizer.convert_ids_to_tokens
     for seed in range(30):
         scene = sample_scene(random.Random(seed))
-        ids = tokens(scene.caption)
-        groups = token_groups(scene, count)
+        ids = token_ids(clip, scene.caption)
+        groups = token_groups(scene, lambda text: word_token_count(clip, text))
         for obj, group in zip(scene.objects, groups):
             words = [w.removesuffix("</w>") for w in decode([ids[i] for i in group])]
             assert words[0] in ("a", "an") and obj.color in words and words[words.index(obj.color) + 1] == obj.shape
