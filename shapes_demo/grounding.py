@@ -1,8 +1,9 @@
 """Attention grounding for the demo model's second training phase.
 
 A model this small, trained on the diffusion loss alone, spreads every word's cross-attention over the
-whole picture (a colour word took 63% of the attention of every 16x16 position), so a changed word
-reaches every pixel through its value vector and Prompt-to-Prompt's maps hold nothing in place. Real
+whole picture (a colour word took about 65% of a 16x16 layer's attention, averaged over the picture), so
+a changed word reaches every pixel through its value vector and Prompt-to-Prompt's maps hold nothing in
+place. Real
 checkpoints attend the other way: a word's map lies on its object and the rest goes to the start token,
 which under the text encoder's causal attention is the same for every prompt. The grounding loss teaches
 the demo model that habit from the world's exact masks (in the spirit of TokenCompose, Wang et al. 2024):
