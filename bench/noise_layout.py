@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from shapes_demo import metrics
+from shapes_demo.world import SHAPES
 
 from .machine import describe
-from .shapesbench import CFG, SAMPLER, SCHEDULER, STEPS, Bench
+from .shapesbench import CFG, MIN_OBJECT, SAMPLER, SCHEDULER, STEPS, Bench
 
 PAIRS = [("red", "blue", [2, 1, 0]), ("red", "green", [1, 0, 2]), ("green", "blue", [0, 2, 1])]
-SHAPES = ("circle", "square", "triangle")
 
 
 def main() -> None:
@@ -51,9 +51,9 @@ def main() -> None:
             for seed in range(args.seeds):
                 noise = comfy.sample.prepare_noise(bench.latent["samples"], 100 + seed)
                 permuted = noise[:, permutation]
-                shape = SHAPES[seed % 3]
+                shape = SHAPES[seed % len(SHAPES)]
                 first = metrics.object_mask(draw(f"a {c1} {shape} on a {background} background", noise), c1)
-                if metrics.area(first) < 6:
+                if metrics.area(first) < MIN_OBJECT:
                     continue
                 for column, colour, start in zip(columns, (c2, c2, c1), (noise, permuted, permuted)):
                     image = draw(f"a {colour} {shape} on a {background} background", start)
