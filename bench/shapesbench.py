@@ -1,9 +1,10 @@
 """ShapesBench: edit quality of Prompt-to-Prompt on the demo model, against the fixed-seed baseline.
 
-    .venv/bin/python -m bench.shapesbench [--scenes 50] [--steps 30]
+    .venv/bin/python -m bench.shapesbench [--scenes 50] [--steps 30] [--only color_swap,...] [--weights FILE]
+        [--cross-replace 0.8] [--self-replace 0.4] [--self-layers coarse]
 
-For each edit kind, the same fixed scenes and seeds are edited twice: with P2PSampler (default settings:
-cross 0.8, self 0.4, coarse layers) and with the baseline a user gets without attention control: the
+For each edit kind, the same fixed scenes and seeds are edited twice: with P2PSampler (P2PEditSpec's
+defaults unless told: cross 0.8, self 0.4, coarse layers) and with the baseline a user gets without attention control: the
 stock KSampler on the edited prompt with the same seed. Prompts leave position and size free, so the
 baseline is free to redraw the layout. Every figure is measured on the generated pixels (palette
 classification, `shapes_demo.metrics`). Prints a markdown table with the machine described.
@@ -16,6 +17,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from shapes_demo.world import BACKGROUNDS, COLORS, SHAPES, SIZE, Obj, Scene, ren
 from .machine import describe
 
 STEPS, CFG, SAMPLER, SCHEDULER = 30, 5.0, "euler", "normal"
+CONTROL = {"cross_replace": 0.8, "self_replace": 0.4, "self_layers": "coarse"}  # P2PEditSpec's defaults
 REWEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 MIN_OBJECT = 6  # pixels: fewer means the source did not draw the object, and the case is skipped
 
@@ -50,7 +53,10 @@ class Result:
 class Bench:
     """Runs the demo model through the pack's own nodes inside an in-process ComfyUI."""
 
-    def __init__(self, steps: int = STEPS, cfg: float = CFG, host=None):
+    def __init__(self, steps: int = STEPS, cfg: float = CFG, host=None, weights: Path | None = None,
+                 control: dict | None = None):
+        """`weights`: a demo-model safetensors file other than the committed one (a training run's output);
+        `control`: P2PEditSpec settings in place of CONTROL's."""
         from tools import host as host_module
 
         self.host = host or host_module.start(("--use-pytorch-cross-attention",))
@@ -58,10 +64,16 @@ class Bench:
 
         self.nodes = nodes
         self.pack = host_module.pack_module().nodes
-        self.model, self.clip, self.vae = self.pack.P2PDemoModel().load()
+        if weights is None:
+            self.model, self.clip, self.vae = self.pack.P2PDemoModel().load()
+        else:
+            from shapes_demo.model import load
+
+            self.model, self.clip, self.vae = load(weights)
         self.negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
         self.latent = {"samples": torch.zeros(1, 3, SIZE, SIZE)}
         self.steps, self.cfg = steps, cfg
+        self.control = {**CONTROL, **(control or {})}
 
     def _decode(self, latent) -> np.ndarray:
         return self.vae.decode(latent["samples"]).numpy()  # [B, H, W, 3] in 0..1
@@ -70,7 +82,7 @@ class Bench:
             blend: tuple | None = None, **edit_args) -> np.ndarray:
         """[1 + len(targets), H, W, 3]: the source, then each edit. `reweights[k]` re-weights edit k;
         `blend` (P2PLocalBlend's arguments) applies to the last edit."""
-        args = {"mode": "auto", "cross_replace": 0.8, "self_replace": 0.4, "self_layers": "coarse", **edit_args}
+        args = {"mode": "auto", **self.control, **edit_args}
         edit = None
         for k, target in enumerate(targets):
             edit = self.pack.P2PEditSpec().build(self.clip, source, target, previous=edit, **args)[0]
@@ -117,6 +129,27 @@ def color_swap(bench: Bench, scenes: int) -> Result:
             continue
         _color_edit_scores(result, "p2p", source, edited, color, target)
         _color_edit_scores(result, "baseline", source, bench.baseline(target_prompt, seed=i), color, target)
+    return result
+
+
+def color_swap_two_objects(bench: Bench, scenes: int) -> Result:
+    """`a red circle and a blue square` -> `a green circle and a blue square`: positions and sizes unnamed,
+    so which object goes where is the model's choice, and a new word can change it."""
+    result = Result("color swap, two objects")
+    for i in range(scenes):
+        rng = random.Random(6000 + i)
+        (color, kept), (shape, other_shape) = rng.sample(list(COLORS), 2), rng.choices(SHAPES, k=2)
+        target = _other(rng, [c for c in COLORS if c != kept], color)
+        source_prompt = f"{_object(color, shape)} and {_object(kept, other_shape)}"
+        target_prompt = f"{_object(target, shape)} and {_object(kept, other_shape)}"
+        source, edited = bench.p2p(source_prompt, [target_prompt], seed=6000 + i)
+        kept_mask = metrics.object_mask(source, kept)
+        if min(metrics.area(metrics.object_mask(source, color)), metrics.area(kept_mask)) < MIN_OBJECT:
+            result.skipped += 1
+            continue
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=6000 + i))):
+            _color_edit_scores(result, side, source, image, color, target)
+            result.add(side, "other object IoU", metrics.iou(kept_mask, metrics.object_mask(image, kept)))
     return result
 
 
@@ -241,11 +274,13 @@ def local_blend(bench: Bench, scenes: int) -> Result:
     return result
 
 
-KINDS = [color_swap, shape_swap, refine_texture, refine_background, reweight_size, local_blend]
+KINDS = [color_swap, color_swap_two_objects, shape_swap, refine_texture, refine_background, reweight_size, local_blend]
 
 TARGETS = {  # (metric, kind of comparison, threshold) from the issue
     ("color swap", "iou"): (">=", 0.90),
     ("color swap", "target color"): (">=", 0.90),
+    ("color swap, two objects", "iou"): (">=", 0.90),
+    ("color swap, two objects", "target color"): (">=", 0.90),
     ("local blend, two objects", "PSNR untouched object (dB)"): (">=", 35.0),
     ('reweight "big"', "Spearman rho (area vs weight)"): (">=", 0.90),
 }
@@ -271,13 +306,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--cfg", type=float, default=CFG)
     parser.add_argument("--only", default="", help="comma-separated kinds (function names) to run")
+    parser.add_argument("--weights", type=Path, help="demo-model weights to measure instead of the committed ones")
+    parser.add_argument("--cross-replace", type=float, default=CONTROL["cross_replace"])
+    parser.add_argument("--self-replace", type=float, default=CONTROL["self_replace"])
+    parser.add_argument("--self-layers", default=CONTROL["self_layers"], help="coarse, coarse+medium or all")
     args = parser.parse_args()
+    control = {"cross_replace": args.cross_replace, "self_replace": args.self_replace, "self_layers": args.self_layers}
     torch.set_num_threads(2)
     started = time.perf_counter()
-    bench = Bench(args.steps, args.cfg)
+    bench = Bench(args.steps, args.cfg, weights=args.weights, control=control)
     kinds = [k for k in KINDS if not args.only or k.__name__ in args.only.split(",")]
     results = [kind(bench, args.scenes) for kind in kinds]
-    print(f"\nShapesBench: {args.scenes} scenes per edit, {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}; "
+    print(f"\nShapesBench: {args.scenes} scenes per edit, {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, "
+          f"P2P cross {args.cross_replace}, self {args.self_replace} ({args.self_layers}); "
           f"machine: {describe()}; "
           f"{(time.perf_counter() - started) / 60:.1f} min\n")
     print(table(results))
