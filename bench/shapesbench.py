@@ -4,10 +4,11 @@
         [--cross-replace 0.8] [--self-replace 0.4] [--self-layers coarse]
 
 For each edit kind, the same fixed scenes and seeds are edited twice: with P2PSampler (P2PEditSpec's
-defaults unless told: cross 0.8, self 0.4, coarse layers) and with the baseline a user gets without attention control: the
-stock KSampler on the edited prompt with the same seed. Prompts leave position and size free, so the
-baseline is free to redraw the layout. Every figure is measured on the generated pixels (palette
-classification, `shapes_demo.metrics`). Prints a markdown table with the machine described.
+defaults unless told: cross 0.8, self 0.4, coarse layers) and with the baseline a user gets without
+attention control: the stock KSampler on the edited prompt with the same seed. Prompts leave position
+and size free, so the baseline is free to redraw the layout. Every figure is measured on the generated
+pixels (palette classification, `shapes_demo.metrics`). Prints a markdown table with the machine
+described.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train the demo model on the shapes world.
 
-    .venv/bin/python -m shapes_demo.train [--steps 3600] [--grounding-steps 1500] [--batch 32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
+    .venv/bin/python -m shapes_demo.train [--steps 3600] [--grounding-steps 1500] [--batch 32]
+        [--precision auto|bf16|fp32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
@@ -131,7 +132,8 @@ def main() -> None:
     unet = patcher.model.diffusion_model
     init_for_training(unet, seed=0)
     clip = build_clip()
-    text_config = {**json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text()), **TEXT_CONFIG}
+    clip_config = Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json"
+    text_config = {**json.loads(clip_config.read_text()), **TEXT_CONFIG}
     text = TextEncoder(text_config)
     torch.manual_seed(1)
     for p in text.parameters():  # CLIP-like: small normal weights, unit norms
@@ -159,7 +161,7 @@ def main() -> None:
     def lr_factor(s: int) -> float:
         start, length, peak = (0, args.steps, 1.0) if s < args.steps else (
             args.steps, args.grounding_steps, args.grounding_lr / args.lr)
-        s -= start
+        s, length = s - start, max(length, 1)  # a phase of 0 steps is still asked for its lr once, at its end
         return peak * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, length) / length))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
@@ -224,8 +226,9 @@ def main() -> None:
         if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - started
             grounded = f"  grounding {np.mean(grounding_losses[-50:]):.3f}" if recorder.active else ""
-            print(f"step {step + 1:5d}  loss {np.mean(losses[-50:]):.4f}{grounded}  lr {schedule.get_last_lr()[0]:.2e}  "
-                  f"{elapsed / 60:.1f} min  {elapsed / (step + 1 - first):.2f} s/step", flush=True)
+            print(f"step {step + 1:5d}  loss {np.mean(losses[-50:]):.4f}{grounded}  "
+                  f"lr {schedule.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min  "
+                  f"{elapsed / (step + 1 - first):.2f} s/step", flush=True)
         if (step + 1) % 500 == 0 or step + 1 in (args.steps, total):
             torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
                         "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(),
@@ -234,8 +237,10 @@ def main() -> None:
     state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
     state |= {f"text.{k}": v.contiguous() for k, v in ema_text.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(args.out), metadata={"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch)})
-    print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after {(time.perf_counter() - started) / 60:.1f} min")
+    metadata = {"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch)}
+    save_file(state, str(args.out), metadata=metadata)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after {minutes:.1f} min")
 
 
 if __name__ == "__main__":
