@@ -29,7 +29,7 @@ from shapes_demo.world import BACKGROUNDS, COLORS, SHAPES, SIZE, Obj, Scene, ren
 from .machine import describe
 
 STEPS, CFG, SAMPLER, SCHEDULER = 30, 5.0, "euler", "normal"
-CONTROL = {"cross_replace": 0.8, "self_replace": 0.4, "self_layers": "coarse"}  # P2PEditSpec's defaults
+CONTROL = ("cross_replace", "self_replace", "self_layers")  # P2PEditSpec's attention-control inputs
 REWEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 MIN_OBJECT = 6  # pixels: fewer means the source did not draw the object, and the case is skipped
 
@@ -57,7 +57,7 @@ class Bench:
     def __init__(self, steps: int = STEPS, cfg: float = CFG, host=None, weights: Path | None = None,
                  control: dict | None = None):
         """`weights`: a demo-model safetensors file other than the committed one (a training run's output);
-        `control`: P2PEditSpec settings in place of CONTROL's."""
+        `control`: values for some of CONTROL's inputs; the others keep P2PEditSpec's defaults."""
         from tools import host as host_module
 
         self.host = host or host_module.start(("--use-pytorch-cross-attention",))
@@ -65,16 +65,14 @@ class Bench:
 
         self.nodes = nodes
         self.pack = host_module.pack_module().nodes
-        if weights is None:
-            self.model, self.clip, self.vae = self.pack.P2PDemoModel().load()
-        else:
-            from shapes_demo.model import load
+        from shapes_demo.model import load
 
-            self.model, self.clip, self.vae = load(weights)
+        self.model, self.clip, self.vae = load(weights) if weights else self.pack.P2PDemoModel().load()
         self.negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
         self.latent = {"samples": torch.zeros(1, 3, SIZE, SIZE)}
         self.steps, self.cfg = steps, cfg
-        self.control = {**CONTROL, **(control or {})}
+        required = self.pack.P2PEditSpec.INPUT_TYPES()["required"]
+        self.control = {name: required[name][1]["default"] for name in CONTROL} | (control or {})
 
     def _decode(self, latent) -> np.ndarray:
         return self.vae.decode(latent["samples"]).numpy()  # [B, H, W, 3] in 0..1
@@ -308,18 +306,19 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=CFG)
     parser.add_argument("--only", default="", help="comma-separated kinds (function names) to run")
     parser.add_argument("--weights", type=Path, help="demo-model weights to measure instead of the committed ones")
-    parser.add_argument("--cross-replace", type=float, default=CONTROL["cross_replace"])
-    parser.add_argument("--self-replace", type=float, default=CONTROL["self_replace"])
-    parser.add_argument("--self-layers", default=CONTROL["self_layers"], help="coarse, coarse+medium or all")
+    parser.add_argument("--cross-replace", type=float, help="default: P2PEditSpec's")
+    parser.add_argument("--self-replace", type=float, help="default: P2PEditSpec's")
+    parser.add_argument("--self-layers", help="coarse, coarse+medium or all; default: P2PEditSpec's")
     args = parser.parse_args()
-    control = {"cross_replace": args.cross_replace, "self_replace": args.self_replace, "self_layers": args.self_layers}
+    control = {name: getattr(args, name) for name in CONTROL if getattr(args, name) is not None}
     torch.set_num_threads(2)
     started = time.perf_counter()
     bench = Bench(args.steps, args.cfg, weights=args.weights, control=control)
     kinds = [k for k in KINDS if not args.only or k.__name__ in args.only.split(",")]
     results = [kind(bench, args.scenes) for kind in kinds]
     print(f"\nShapesBench: {args.scenes} scenes per edit, {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, "
-          f"P2P cross {args.cross_replace}, self {args.self_replace} ({args.self_layers}); "
+          f"P2P cross {bench.control['cross_replace']}, self {bench.control['self_replace']} "
+          f"({bench.control['self_layers']}); "
           f"machine: {describe()}; "
           f"{(time.perf_counter() - started) / 60:.1f} min\n")
     print(table(results))

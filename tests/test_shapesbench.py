@@ -46,8 +46,3 @@ def test_recolouring_one_object_keeps_the_other(bench):
     assert drawn >= 6, f"the model drew both objects in only {drawn} of 10 sources"
     assert result.mean("p2p", name) >= 0.5
     assert result.mean("p2p", name) > result.mean("baseline", name) + 0.1
-
-
-def test_the_bench_default_control_is_the_edit_nodes_default(pack):
-    required = pack.nodes.P2PEditSpec.INPUT_TYPES()["required"]
-    assert shapesbench.CONTROL == {name: required[name][1]["default"] for name in shapesbench.CONTROL}
