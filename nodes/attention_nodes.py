@@ -136,8 +136,8 @@ class P2PAttentionMaps:
                               "step range holds no step")
         count = len(maps.prompts)
         if images.shape[0] != count:
-            raise input_error(node, "images", f"got {images.shape[0]} pictures but the sampler made {count} (the source "
-                              "and each edit): connect the VAE Decode of that sampler's latent")
+            raise input_error(node, "images", f"got {images.shape[0]} pictures but the sampler made {count} "
+                              "(the source and each edit): connect the VAE Decode of that sampler's latent")
         if item >= count:
             raise input_error(node, "item", f"is {item}, but there are only the source (0) and {count - 1} edit(s)")
         phrases = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..p2p import MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, P2PError, make_edit, parse_phrases, parse_schedule, parse_weights
+from ..p2p import (MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, P2PError, make_edit, parse_phrases, parse_schedule,
+                   parse_weights)
 from .bundle import P2P_EDIT, EditBundle
 from .errors import input_error, node_input
 from .tokenize import prompt_tokens, word_splitter
@@ -108,7 +109,8 @@ class P2PReweight:
             "required": {
                 "edit": (P2P_EDIT, {"tooltip": "The edit whose last edited prompt is re-weighted."}),
                 "weights": ("STRING", {"multiline": False, "default": "", "tooltip":
-                    f"Words of the edited prompt and their attention weights, {lo:g} to {hi:g}: 'fluffy: -2, red: 1.5'. "
+                    f"Words of the edited prompt and their attention weights, {lo:g} to {hi:g}: "
+                    "'fluffy: -2, red: 1.5'. "
                     "A phrase of several words re-weights each of them."}),
             }
         }
@@ -141,7 +143,8 @@ class P2PLocalBlend:
             "required": {
                 "edit": (P2P_EDIT, {"tooltip": "The edit whose last edited prompt is blended locally."}),
                 "source_words": ("STRING", {"default": "", "tooltip":
-                    "Words of the source prompt marking the region to edit, separated by commas ('cat' or 'cat, hat')."}),
+                    "Words of the source prompt marking the region to edit, separated by commas "
+                    "('cat' or 'cat, hat')."}),
                 "target_words": ("STRING", {"default": "", "tooltip":
                     "Words of the edited prompt marking the region to edit ('dog'). Either side may be empty."}),
                 "threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":

@@ -48,7 +48,8 @@ def _tile(image: np.ndarray, label: str, scale: int) -> Image.Image:
     tile.paste(picture, (0, 0))
     draw = ImageDraw.Draw(tile)
     font = ImageFont.load_default()
-    text = label if draw.textlength(label, font=font) <= picture.width - 4 else label[: max(1, picture.width // 7)] + "…"
+    fits = draw.textlength(label, font=font) <= picture.width - 4
+    text = label if fits else label[: max(1, picture.width // 7)] + "…"
     draw.text((picture.width / 2, picture.height + LABEL_HEIGHT / 2), text, fill=(235, 235, 235), font=font,
               anchor="mm")
     return tile

@@ -45,7 +45,8 @@ def shared_noise_sampler(sampler_name: str) -> comfy.samplers.KSAMPLER:
             single = BrownianTreeNoiseSampler(first, positive.min(), sigmas.max(), seed=seed, cpu=cpu_tree)
         else:
             single = default_noise_sampler(first, seed=seed)
-        kwargs.setdefault("noise_sampler", lambda sigma, sigma_next: single(sigma, sigma_next).expand_as(x).contiguous())
+        kwargs.setdefault("noise_sampler",
+                          lambda sigma, sigma_next: single(sigma, sigma_next).expand_as(x).contiguous())
         return inner_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
 
     return comfy.samplers.KSAMPLER(sample, base.extra_options, base.inpaint_options)
@@ -89,7 +90,8 @@ class P2PSampler:
                                             "needed with an inversion."}),
                 "inversion": (P2P_INVERSION, {"tooltip": "From P2P Invert: edit a real image. The source then "
                                               "reproduces the image and every edit starts from its inverted noise. "
-                                              "Needs a deterministic sampler and the inversion's steps and scheduler."}),
+                                              "Needs a deterministic sampler and the inversion's steps and "
+                                              "scheduler."}),
                 "capture": (P2P_CAPTURE, {"tooltip": "Which attention maps to capture for the `attention` output "
                                           "(P2P Attention Capture). Unconnected: the paper's choice, the 16x16-class "
                                           "layers of SD1.x (1/4 of the latent) over all steps."}),
@@ -176,7 +178,8 @@ class P2PSampler:
             raise input_error(node, "sampler_name", f"{sampler_name} adds fresh noise at every step, so it cannot "
                               f"retrace an inversion; use a deterministic sampler: {', '.join(allowed)}")
         if denoise != 1.0:
-            raise input_error(node, "denoise", "must be 1.0 with an inversion (the inversion covers the whole schedule)")
+            raise input_error(node, "denoise",
+                              "must be 1.0 with an inversion (the inversion covers the whole schedule)")
         if sigmas.shape != inv.sigmas.shape or not torch.allclose(sigmas.cpu().float(), inv.sigmas.float(), rtol=1e-5):
             raise input_error(node, "steps", f"the inversion was made with {inv.steps} steps and the "
                               f"'{bundle.scheduler}' scheduler; use the same here")

@@ -14,8 +14,8 @@ import torch
 from .schedule import Window
 from .tokens import PromptTokens
 
-__all__ = ["CaptureSpec", "AttentionMaps", "AttentionCapture", "LAYER_GROUPS", "SELF_MAX_TOKENS", "prompt_words", "word_maps",
-           "self_components"]
+__all__ = ["CaptureSpec", "AttentionMaps", "AttentionCapture", "LAYER_GROUPS", "SELF_MAX_TOKENS", "prompt_words",
+           "word_maps", "self_components"]
 
 # Which UNet blocks a capture takes maps from ("down" = input blocks, "up" = output blocks).
 LAYER_GROUPS = {

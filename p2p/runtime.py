@@ -60,7 +60,8 @@ class EditRun:
         self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
         # Decided on the CPU up front so that no layer call waits on the device to ask.
         self._cross_on = [[bool(a[s].any()) for s in range(self.num_steps)] for a in self._alphas]
-        self._self_on = [[e.self_window.contains(s, self.num_steps) for s in range(self.num_steps)] for e in batch.edits]
+        self._self_on = [[e.self_window.contains(s, self.num_steps) for s in range(self.num_steps)]
+                         for e in batch.edits]
         self.blend_maps = [BlendMaps(e.local_blend) if e.local_blend is not None else None for e in batch.edits]
         self._blend_start = [
             e.local_blend.start if e.local_blend is not None else None for e in batch.edits

@@ -51,7 +51,8 @@ class PromptTokens:
 
     def __post_init__(self):
         if not self.pieces or len(self.pieces) % self.chunk_length:
-            raise ValueError(f"{len(self.pieces)} token positions is not a whole number of {self.chunk_length}-token chunks")
+            raise ValueError(
+                f"{len(self.pieces)} token positions is not a whole number of {self.chunk_length}-token chunks")
         object.__setattr__(self, "words", _group_words(self.pieces))
 
     @property

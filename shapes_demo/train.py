@@ -1,7 +1,7 @@
 """Train the demo model on the shapes world.
 
     .venv/bin/python -m shapes_demo.train [--steps 3600] [--grounding-steps 1500] [--batch 32]
-        [--precision auto|bf16|fp32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors]
+        [--precision auto|bf16|fp32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors] [--init-from FILE]
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
@@ -14,7 +14,8 @@ exponential moving average of the weights, which samples better than the raw one
 
 Two phases: `--steps` on the diffusion loss alone, then `--grounding-steps` more with the attention
 grounding loss added (`shapes_demo.grounding`: each position's cross-attention kept on the start token and
-the words of the object under it), on a second warm-up and cosine schedule.
+the words of the object under it), on a second warm-up and cosine schedule. `--init-from` starts from saved
+weights instead of the random initialisation (fine-tuning: `--init-from FILE --steps 0 --grounding-steps 600`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main() -> None:
                              "bfloat16 (AVX512-BF16 or AMX) and about 13x slower on CPUs without (AVX2 only); auto "
                              "picks bf16 where the CPU has it. The two give different (equally deterministic) weights")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--init-from", type=Path,
+                        help="start from these weights (a file this script wrote) instead of a random initialisation")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -144,6 +147,12 @@ def main() -> None:
     for m in text.modules():
         if isinstance(m, torch.nn.LayerNorm):
             torch.nn.init.ones_(m.weight)
+
+    if args.init_from:
+        from safetensors.torch import load_file
+        weights = load_file(str(args.init_from))
+        for module, prefix in ((unet, "unet."), (text, "text.")):
+            module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
 
     tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 

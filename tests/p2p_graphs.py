@@ -78,8 +78,8 @@ class Recorder:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "key": ("STRING", {"default": "r"}),
-                             "what": (["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple", "batch_doubling"],)}}
+        kinds = ["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple", "batch_doubling"]
+        return {"required": {"model": ("MODEL",), "key": ("STRING", {"default": "r"}), "what": (kinds,)}}
 
     @classmethod
     def IS_CHANGED(cls, **_):
@@ -96,7 +96,8 @@ class Recorder:
             def before(n, context, value, extra):
                 records.append({"n": n.clone(), "context": context.clone(), "block": extra["block"],
                                 "index": extra["block_index"], "cond_or_uncond": list(extra["cond_or_uncond"]),
-                                "sigma": float(extra["sigmas"].max()), "sample_sigmas": extra["sample_sigmas"].tolist()})
+                                "sigma": float(extra["sigmas"].max()),
+                                "sample_sigmas": extra["sample_sigmas"].tolist()})
                 return n, context, value
 
             def after(out, extra):

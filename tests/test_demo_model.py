@@ -166,9 +166,12 @@ def test_object_words_attend_to_their_objects(host, pack):
 
 def test_training_script_runs_both_phases_and_writes_loadable_weights(tmp_path, host):
     """Two diffusion steps, one grounding step, batch 4: the script ends, saves weights ComfyUI's classes
-    load, and a second run with the same arguments resumes from its checkpoint rather than retraining."""
+    load, a second run with the same arguments resumes from its checkpoint rather than retraining, and a run
+    with --init-from starts from the saved weights."""
     import subprocess
     import sys
+
+    from safetensors.torch import load_file
 
     from shapes_demo.model import load
 
@@ -183,3 +186,13 @@ def test_training_script_runs_both_phases_and_writes_loadable_weights(tmp_path, 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming at step 3" in again.stdout
+
+    # fine-tuning: one grounding step from those weights stays near them (from scratch it would not)
+    tuned = tmp_path / "tuned.safetensors"
+    command = [sys.executable, "-m", "shapes_demo.train", "--steps", "0", "--grounding-steps", "1", "--batch", "4",
+               "--precision", "fp32", "--init-from", str(out), "--out", str(tuned)]
+    finetune = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finetune.returncode == 0, finetune.stderr[-2000:]
+    start, end = load_file(str(out)), load_file(str(tuned))
+    assert start.keys() == end.keys()
+    assert max((end[k] - start[k]).abs().max().item() for k in start) < 1e-3

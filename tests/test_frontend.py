@@ -49,8 +49,8 @@ def page(server):
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
         )
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(url)
@@ -148,5 +148,6 @@ def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, render
     (maps_inputs,) = [n["inputs"] for n in queued.values() if n["class_type"] == "P2PAttentionMaps"]
     assert set(maps_inputs) == {"attention", "images", "item", "components", "words"}
     others = page.evaluate("() => window.app.graph.nodes.filter(n => n.type !== 'P2PAttentionMaps' && "
-                           "(n.p2pAttentionView || (n.widgets || []).some(w => w.name === 'p2p_attention_view'))).length")
+                           "(n.p2pAttentionView || "
+                           "(n.widgets || []).some(w => w.name === 'p2p_attention_view'))).length")
     assert others == 0

@@ -30,7 +30,8 @@ class RenderedScene:
         image, _ = render(Scene((Obj("circle", "red", "big", 7.0, x, 15.0, None),), "white"))
         picture = torch.from_numpy(image)[None]
         if size != 32:
-            picture = torch.nn.functional.interpolate(picture.permute(0, 3, 1, 2), size=(size, size)).permute(0, 2, 3, 1)
+            picture = torch.nn.functional.interpolate(picture.permute(0, 3, 1, 2), size=(size, size))
+            picture = picture.permute(0, 2, 3, 1)
         return (picture,)
 
 

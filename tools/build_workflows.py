@@ -19,12 +19,14 @@ OUT = ROOT / "example_workflows"
 
 SD15_CHECKPOINT = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
-    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors?download=true",
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+           "v1-5-pruned-emaonly-fp16.safetensors?download=true",
     "directory": "checkpoints",
 }
 SDXL_CHECKPOINT = {
     "name": "sd_xl_base_1.0.safetensors",
-    "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors?download=true",
+    "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+           "sd_xl_base_1.0.safetensors?download=true",
     "directory": "checkpoints",
 }
 

@@ -130,7 +130,8 @@ class Host:
                 )
                 for nid, v in (node_errors or {}).items()
             )
-            raise HostError(f"{error.get('message')}: {error.get('details', '')} {details}".strip(), details=node_errors)
+            message = f"{error.get('message')}: {error.get('details', '')} {details}".strip()
+            raise HostError(message, details=node_errors)
         self.server.events.clear()
         self.executor.execute(prompt, prompt_id, {"client_id": "harness"}, to_execute)
         if not self.executor.success:

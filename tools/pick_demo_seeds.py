@@ -37,7 +37,8 @@ def _refinement(bench: Bench, seed: int) -> bool:
     if purple is None:
         return False
     background = metrics.classify(edit)[~metrics.dilate(purple, 1)]
-    return (background == "background:gray").mean() >= 0.8 and metrics.iou(purple, metrics.object_mask(edit, "purple")) >= 0.5
+    kept_background = (background == "background:gray").mean() >= 0.8
+    return kept_background and metrics.iou(purple, metrics.object_mask(edit, "purple")) >= 0.5
 
 
 def _reweight(bench: Bench, seed: int) -> bool:

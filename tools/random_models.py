@@ -68,7 +68,8 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 def _unet_config(shape: ModelShape) -> dict:
     levels = len(shape.channel_mult)
     per_input = [d for d in shape.transformer_depth for _ in range(shape.num_res_blocks)]
-    per_output = [d for d in shape.transformer_depth for _ in range(shape.num_res_blocks + 1)]  # finest level first, as ComfyUI lists them
+    # finest level first, as ComfyUI lists them
+    per_output = [d for d in shape.transformer_depth for _ in range(shape.num_res_blocks + 1)]
     config = {
         "use_checkpoint": False,
         "image_size": 32,

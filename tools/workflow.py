@@ -94,7 +94,8 @@ def to_ui(
             "order": len(ui_nodes),
             "mode": 0,
             "inputs": inputs,
-            "outputs": [{"name": names[i], "type": returns[i], "slot_index": i, "links": []} for i in range(len(returns))],
+            "outputs": [{"name": names[i], "type": returns[i], "slot_index": i, "links": []}
+                        for i in range(len(returns))],
             "properties": properties,
             "widgets_values": widgets,
         }
