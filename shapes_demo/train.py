@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="bf16: bfloat16 autocast with float32 weights, 1.9x faster than fp32 on CPUs with native "
-                             "bfloat16 (AVX512-BF16 or AMX) and about 13x slower on CPUs without (AVX2 only); auto "
+                             "bfloat16 (AVX512-BF16 or AMX) and about 17x slower on CPUs without (AVX2 only); auto "
                              "picks bf16 where the CPU has it. The two give different (equally deterministic) weights")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--init-from", type=Path,
@@ -129,7 +129,7 @@ def main() -> None:
     import comfy.sd1_clip
     from safetensors.torch import save_file
 
-    from .model import build_clip, build_model, model_config, token_ids, word_token_count
+    from .model import build_clip, build_model, model_config, split_state, token_ids, word_token_count
 
     patcher = build_model()
     unet = patcher.model.diffusion_model
@@ -150,9 +150,10 @@ def main() -> None:
 
     if args.init_from:
         from safetensors.torch import load_file
-        weights = load_file(str(args.init_from))
-        for module, prefix in ((unet, "unet."), (text, "text.")):
-            module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+
+        unet_state, text_state = split_state(load_file(str(args.init_from)))
+        unet.load_state_dict(unet_state)
+        text.load_state_dict(text_state)
 
     tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 

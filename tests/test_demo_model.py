@@ -175,27 +175,27 @@ def test_training_script_runs_both_phases_and_writes_loadable_weights(tmp_path, 
 
     from shapes_demo.model import load
 
+    def train(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "shapes_demo.train", "--batch", "4", "--precision", "fp32", *args]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
     out = tmp_path / "tiny.safetensors"
-    command = [sys.executable, "-m", "shapes_demo.train", "--steps", "2", "--grounding-steps", "1", "--batch", "4",
-               "--precision", "fp32", "--out", str(out)]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
+    tiny = ("--steps", "2", "--grounding-steps", "1", "--out", str(out))
+    train(*tiny)
     assert out.is_file() and out.with_suffix(".resume.pt").is_file()
     model, clip, vae = load(out)
     assert all(torch.isfinite(p).all() for p in model.model.diffusion_model.parameters())
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming at step 3" in again.stdout
+    assert "resuming at step 3" in train(*tiny).stdout
 
     # fine-tuning: one grounding step from given weights stays near them. Those three steps left the weights
     # near the fixed random initialisation, so shift them away from it, or ignoring --init-from would pass too.
     start = {k: v + 0.1 for k, v in load_file(str(out)).items()}
     save_file(start, str(tmp_path / "start.safetensors"))
     tuned = tmp_path / "tuned.safetensors"
-    command = [sys.executable, "-m", "shapes_demo.train", "--steps", "0", "--grounding-steps", "1", "--batch", "4",
-               "--precision", "fp32", "--init-from", str(tmp_path / "start.safetensors"), "--out", str(tuned)]
-    finetune = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert finetune.returncode == 0, finetune.stderr[-2000:]
+    train("--steps", "0", "--grounding-steps", "1", "--init-from", str(tmp_path / "start.safetensors"),
+          "--out", str(tuned))
     end = load_file(str(tuned))
     assert start.keys() == end.keys()
     assert max((end[k] - start[k]).abs().max().item() for k in start) < 1e-3
