@@ -229,25 +229,39 @@ def refine_background(bench: Bench, scenes: int) -> Result:
     return result
 
 
-def reweight_size(bench: Bench, scenes: int) -> Result:
-    """Re-weighting "big" over REWEIGHTS: P2P's fader against ComfyUI's own prompt weighting "(big:w)"."""
-    result = Result('reweight "big"')
+def _reweight(bench: Bench, scenes: int, kind: str, word_of) -> Result:
+    """`a big <colour> <shape>` with the word `word_of(colour)` re-weighted over REWEIGHTS, and the area of
+    the object's colour measured: P2P's fader against ComfyUI's own prompt weighting "(word:w)"."""
+    result = Result(kind)
     for i in range(scenes):
         rng = random.Random(4000 + i)
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        prompt = f"a big {color} {shape}"
+        words = ["a", "big", color, shape]
+        word = word_of(color)
         # one batch: the source, then the same prompt once per weight
-        images = bench.p2p(prompt, [prompt] * len(REWEIGHTS), seed=4000 + i,
-                           reweights=[f"big: {w}" for w in REWEIGHTS])
+        images = bench.p2p(" ".join(words), [" ".join(words)] * len(REWEIGHTS), seed=4000 + i,
+                           reweights=[f"{word}: {w}" for w in REWEIGHTS])
         if metrics.area(metrics.object_mask(images[0], color)) < MIN_OBJECT:
             result.skipped += 1
             continue
         p2p_areas = [metrics.area(metrics.object_mask(img, color)) for img in images[1:]]
-        base_areas = [metrics.area(metrics.object_mask(bench.baseline(f"a (big:{w}) {color} {shape}", 4000 + i), color))
-                      for w in REWEIGHTS]
+        base_areas = []
+        for w in REWEIGHTS:
+            weighted = " ".join(f"({t}:{w})" if t == word else t for t in words)
+            base_areas.append(metrics.area(metrics.object_mask(bench.baseline(weighted, 4000 + i), color)))
         result.add("p2p", "Spearman rho (area vs weight)", metrics.spearman(REWEIGHTS, p2p_areas))
         result.add("baseline", "Spearman rho (area vs weight)", metrics.spearman(REWEIGHTS, base_areas))
     return result
+
+
+def reweight_size(bench: Bench, scenes: int) -> Result:
+    """Re-weighting "big": the object should grow with the weight."""
+    return _reweight(bench, scenes, 'reweight "big"', lambda color: "big")
+
+
+def reweight_color(bench: Bench, scenes: int) -> Result:
+    """Re-weighting the colour word: more of the picture should take that colour as the weight grows."""
+    return _reweight(bench, scenes, "reweight color", lambda color: color)
 
 
 def local_blend(bench: Bench, scenes: int) -> Result:
@@ -273,7 +287,8 @@ def local_blend(bench: Bench, scenes: int) -> Result:
     return result
 
 
-KINDS = [color_swap, color_swap_two_objects, shape_swap, refine_texture, refine_background, reweight_size, local_blend]
+KINDS = [color_swap, color_swap_two_objects, shape_swap, refine_texture, refine_background, reweight_size,
+         reweight_color, local_blend]
 
 TARGETS = {  # (metric, kind of comparison, threshold) from the issue
     ("color swap", "iou"): (">=", 0.90),
@@ -282,6 +297,7 @@ TARGETS = {  # (metric, kind of comparison, threshold) from the issue
     ("color swap, two objects", "target color"): (">=", 0.90),
     ("local blend, two objects", "PSNR untouched object (dB)"): (">=", 35.0),
     ('reweight "big"', "Spearman rho (area vs weight)"): (">=", 0.90),
+    ("reweight color", "Spearman rho (area vs weight)"): (">=", 0.90),
 }
 
 
