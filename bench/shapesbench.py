@@ -237,9 +237,9 @@ def _reweight(bench: Bench, scenes: int, kind: str, word_of) -> Result:
         rng = random.Random(4000 + i)
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
         words = ["a", "big", color, shape]
-        word = word_of(color)
+        prompt, word = " ".join(words), word_of(color)
         # one batch: the source, then the same prompt once per weight
-        images = bench.p2p(" ".join(words), [" ".join(words)] * len(REWEIGHTS), seed=4000 + i,
+        images = bench.p2p(prompt, [prompt] * len(REWEIGHTS), seed=4000 + i,
                            reweights=[f"{word}: {w}" for w in REWEIGHTS])
         if metrics.area(metrics.object_mask(images[0], color)) < MIN_OBJECT:
             result.skipped += 1
