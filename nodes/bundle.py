@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,13 +32,16 @@ class EditBundle:
     def positive(self) -> list:
         """One CONDITIONING entry with a batch row per prompt: [source, edit 1, ..., edit N].
 
-        Prompts of different lengths are repeated to a common length, as ComfyUI itself does when it
-        batches conditionings (attention over repeated keys is the same attention).
+        Prompts of different lengths are padded to the longest by repeating them (cut at that length):
+        where a length divides the longest this is ComfyUI's own batching (attention over repeated keys
+        is the same attention); where it does not, the attention patches attend over the row's own
+        tokens only (`EditRun`). Never longer than the longest prompt, whatever the lengths' common
+        multiple.
         """
         firsts = [c[0] for c in self.conditionings]
         tensors = [t for t, _ in firsts]  # [1, L_i, D]
-        length = math.lcm(*(t.shape[1] for t in tensors))
-        cond = torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors])
+        length = max(t.shape[1] for t in tensors)
+        cond = torch.cat([t.repeat(1, -(-length // t.shape[1]), 1)[:, :length] for t in tensors])  # [1+N, L, D]
         meta = dict(firsts[0][1])
         if "pooled_output" in meta:
             meta["pooled_output"] = torch.cat([m["pooled_output"] for _, m in firsts])

@@ -1,8 +1,9 @@
 """Attention replace patches and the per-evaluation wrapper that drive an `EditRun` inside ComfyUI.
 
 Installed on a clone of the MODEL by `P2PSampler`, only through ComfyUI's patch points:
-3-tuple `attn1`/`attn2` replace patches for every transformer block, and a PREDICT_NOISE wrapper.
-A replace patch another pack already set on a block is chained (see `AttentionPatch`).
+`attn1`/`attn2` replace patches for every UNet block with cross-attention, and a PREDICT_NOISE wrapper.
+A replace patch another pack already set on a block is chained (see `AttentionPatch`); one set later
+(at sampling time) runs instead of ours on its block.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class HostRun:
     inversion: Inversion | None = None  # editing a real image: the source retraces this path
     null_patch: object = None  # null_text: the attn2 patch that carries each step's unconditional context
 
+    def source_latent(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """[C, H, W]: the source's latent at this evaluation; with Direct inversion, the inverted path's."""
+        inv = self.inversion
+        if inv is None or inv.method != "direct":
+            return x[0]
+        return trajectory_at(inv, sigma).to(x)
+
     def follow_inversion(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
         """Before an evaluation: Direct inversion puts the source latent on the inverted path (so the attention
         it lends the edits is the real image's); null-text sets the step's unconditional context."""
@@ -49,7 +57,7 @@ class HostRun:
         if inv.method != "direct":
             return x
         x = x.clone()
-        x[0] = trajectory_at(inv, sigma).to(x)
+        x[0] = self.source_latent(x, sigma)
         return x
 
     def warn_once(self, key: str, message: str) -> None:
@@ -62,20 +70,25 @@ class HostRun:
 
 
 class AttentionPatch:
-    """A replace patch for one self- (attn1) or cross-attention (attn2) layer.
+    """A replace patch for the self- (attn1) or cross-attention (attn2) layers of one UNet block.
 
-    With a `prior` (another pack's replace patch on the same block) the rows this patch does not
-    change are the prior's output, and the rows it does change get the prior's contribution added:
-    ours + (prior - standard attention). That keeps additive patches such as IPAdapter's working.
+    Installed under ComfyUI's 2-part key (block, block id), so that a patch another node sets later at
+    sampling time, under either key form, shadows this one and runs (PerturbedAttentionGuidance sets a
+    2-part key inside its post-CFG function). The transformer index comes from the call's options.
+
+    With a `prior` (another pack's replace patch on the same layer, set before this one) the rows this
+    patch does not change are the prior's output, and the rows it does change get the prior's
+    contribution added: ours + (prior - standard attention). That keeps additive patches such as
+    IPAdapter's working.
     """
 
-    def __init__(self, host: HostRun, kind: str, site: AttentionSite, prior=None):
-        self.host, self.kind, self.site, self.prior = host, kind, site, prior
+    def __init__(self, host: HostRun, kind: str, sites: dict[int, AttentionSite], priors: dict[int, object]):
+        self.host, self.kind, self.sites, self.priors = host, kind, sites, priors
 
     def __deepcopy__(self, memo):
         return self
 
-    def _layout(self, q: torch.Tensor, extra: dict) -> LayerCall | None:
+    def _layout(self, q: torch.Tensor, extra: dict, site: AttentionSite) -> LayerCall | None:
         host = self.host
         chunks, uuids = extra.get("cond_or_uncond") or [], extra.get("uuids") or []
         rows = q.shape[0]
@@ -93,36 +106,38 @@ class AttentionPatch:
             edit_rows=tuple(range(source + 1, source + size)),
             heads=extra["n_heads"],
             spatial=(h, w),
-            downsample=self.site.downsample,
-            block=self.site.key[0],
-            layer=self.site.key,
+            downsample=site.downsample,
+            block=site.key[0],
+            layer=site.key,
         )
 
     def __call__(self, q, k, v, extra_options):
         heads, precision = extra_options["n_heads"], extra_options.get("attn_precision")
+        index = extra_options.get("block_index", 0)
+        site, prior = self.sites.get(index), self.priors.get(index)
 
         def attend(q_, k_, v_):
             return optimized_attention(q_, k_, v_, heads, attn_precision=precision, transformer_options=extra_options)
 
-        call = self._layout(q, extra_options)
+        call = None if site is None else self._layout(q, extra_options, site)
         if call is None:
             if extra_options.get("cond_or_uncond") and self.host.positive_uuid in (extra_options.get("uuids") or []):
                 self.host.warn_once(
                     "layout",
                     f"Prompt-to-Prompt: attention batch layout {tuple(q.shape)} with chunks "
-                    f"{extra_options.get('cond_or_uncond')} is not the expected one (another node may change "
-                    "the batch); these layers run without editing",
+                    f"{extra_options.get('cond_or_uncond')} is not the expected one (another node changes the "
+                    "batch, or merges tokens as ToMe does); these layers run without editing",
                 )
-            return self.prior(q, k, v, extra_options) if self.prior else attend(q, k, v)
+            return prior(q, k, v, extra_options) if prior else attend(q, k, v)
         edit = self.host.run.cross_attention if self.kind == "attn2" else self.host.run.self_attention
         out, changed = edit(q, k, v, call, attend)
-        if self.prior is None:
+        if prior is None:
             return out
-        combined = self.prior(q, k, v, extra_options)
+        combined = prior(q, k, v, extra_options)
         if combined.shape != out.shape:
             raise RuntimeError(
-                f"P2PSampler: the {self.kind} patch another node set on block {self.site.key} "
-                f"({type(self.prior).__name__}) returned shape {tuple(combined.shape)} instead of "
+                f"P2PSampler: the {self.kind} patch another node set on block {site.key} "
+                f"({type(prior).__name__}) returned shape {tuple(combined.shape)} instead of "
                 f"{tuple(out.shape)}; it cannot be combined with Prompt-to-Prompt"
             )
         if changed:
@@ -131,26 +146,32 @@ class AttentionPatch:
         return combined
 
 
-def _existing_replace(model_options: dict, kind: str, key: tuple):
-    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-    # ComfyUI tries the 3-tuple key first, then the 2-tuple one; chain whichever would have run.
-    return table.get(key) or table.get(key[:2])
-
-
 def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
     """Patch a (cloned) ModelPatcher. Never call this on a MODEL that other nodes share."""
+    blocks: dict[tuple, dict[int, AttentionSite]] = {}
     for site in sites:
+        blocks.setdefault(site.key[:2], {})[site.key[2]] = site
+    replace = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
+    for (block_name, block_id), block_sites in blocks.items():
         for kind in ("attn1", "attn2"):
-            prior = _existing_replace(model_patcher.model_options, kind, site.key)
-            patch = AttentionPatch(host, kind, site, prior)
-            model_patcher.set_model_patch_replace(patch, kind, *site.key)
+            table = replace.get(kind, {})
+            block_prior = table.get((block_name, block_id))
+            patch = AttentionPatch(host, kind, block_sites, dict.fromkeys(block_sites, block_prior))
+            model_patcher.set_model_patch_replace(patch, kind, block_name, block_id)
+            # A 3-part key set before us shadows the 2-part one: take its place and chain it.
+            for index, site in block_sites.items():
+                if (block_name, block_id, index) in table:
+                    patch = AttentionPatch(host, kind, {index: site}, {index: table[(block_name, block_id, index)]})
+                    model_patcher.set_model_patch_replace(patch, kind, block_name, block_id, index)
 
     def predict_noise(executor, x, timestep, model_options, seed):
         run = host.run
         sigma = float(timestep.max())
         step = run.begin_evaluation(sigma, host.sigmas)
-        x = host.follow_inversion(x, sigma, step)
-        denoised = executor(run.blend_input(x), timestep, model_options, seed)
+        # In place: x is the sampler's own latent (ComfyUI hands it on unchanged unless a noise mask is set),
+        # so local blend resets the state the sampler steps from, not a copy.
+        run.blend_state(x, host.source_latent(x, sigma))
+        denoised = executor(host.follow_inversion(x, sigma, step), timestep, model_options, seed)
         return run.blend_output(denoised)
 
     model_patcher.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, predict_noise)

@@ -133,8 +133,11 @@ class P2PSampler:
                 raise input_error(node, "latent_image", f"needs a batch of one latent, got {latent.shape[0]}; the "
                                   "source and every edit are all made from that one latent")
             latent = comfy.sample.fix_empty_latent_channels(model, latent)
-            noise = comfy.sample.prepare_noise(latent, seed).repeat(size, *([1] * (latent.ndim - 1)))
             latents = latent.repeat(size, *([1] * (latent.ndim - 1)))
+            # Noise is drawn for the whole batch, as a stock KSampler on this batch draws it, and the source's
+            # is shared: ComfyUI seeds the global RNG here, and patches that draw from it while sampling
+            # (ToMe does) then see the same state as in the stock run.
+            noise = comfy.sample.prepare_noise(latents, seed)[:1].repeat(size, *([1] * (latent.ndim - 1)))
             noise_mask = latent_image.get("noise_mask")
         num_steps = sigmas.shape[-1] - 1
         recorder = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["split_heads", "merge_heads", "probabilities", "fold_tokens", "apply_probabilities", "mix_cross"]
+__all__ = ["split_heads", "merge_heads", "probabilities", "apply_probabilities", "mix_cross"]
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -29,21 +29,9 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     return torch.softmax(torch.bmm(qh, kh.transpose(1, 2)) * scale, dim=-1)
 
 
-def fold_tokens(probs: torch.Tensor, period: int) -> torch.Tensor:
-    """Sum the columns of repeated contexts: [..., T] -> [..., period].
-
-    ComfyUI repeats a prompt's context to a common length when batching prompts of different
-    lengths; a token's attention is then split over its copies, and adding them back gives exactly
-    the map of the unrepeated prompt.
-    """
-    t = probs.shape[-1]
-    if t == period:
-        return probs
-    return probs.reshape(*probs.shape[:-1], t // period, period).sum(-2)
-
-
 def apply_probabilities(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """probs [H, Nq, L] (L <= T: the first period of the row's context), v [T, H*d] -> [Nq, H*d]."""
+    """probs [H, Nq, L] (L <= T: the row's own prompt, the first L positions of its context), v [T, H*d]
+    -> [Nq, H*d]."""
     vh = split_heads(v[: probs.shape[-1]].float(), heads)  # [H, L, d]
     return merge_heads(torch.bmm(probs, vh)).to(v.dtype)
 

@@ -17,10 +17,10 @@ from typing import Callable
 
 import torch
 
-from .attention import apply_probabilities, fold_tokens, mix_cross, probabilities
+from .attention import apply_probabilities, mix_cross, probabilities
 from .capture import AttentionCapture
 from .local_blend import SOURCE, SUBTRACT_SOURCE, SUBTRACT_TARGET, TARGET, BlendMaps, blend
-from .schedule import step_of_sigma
+from .schedule import step_of_sigma, steps_at
 from .spec import EditBatch
 
 __all__ = ["LayerCall", "EditRun", "Attend"]
@@ -90,28 +90,59 @@ class EditRun:
             for e in range(len(self.batch.edits))
             if self._cross_on[e][step] or (blend_layer and self.blend_maps[e] is not None) or viewing
         ]
-        out = attend(q, k, v)
+        out, trimmed = self._attend_own_tokens(q, k, v, call, attend)
         if not todo:
-            return out, ()
+            return out, trimmed
         heads, src = call.heads, call.source_row
-        source_map = fold_tokens(probabilities(q[src], k[src], heads), self.batch.source.length)  # [H, Nq, Ls]
+        # A row's first `length` keys are its prompt; later ones repeat or pad it (see _attend_own_tokens).
+        source_len = self.batch.source.length
+        source_map = probabilities(q[src], k[src, :source_len], heads)  # [H, Nq, Ls]
         if viewing:
             self.capture.add_cross(0, step, source_map, call.spatial, call.layer)
-        changed = []
+        changed = set(trimmed)
         for e in todo:
             row = call.edit_rows[e]
             edit = self.batch.edits[e]
-            edit_map = fold_tokens(probabilities(q[row], k[row], heads), edit.target.length)  # [H, Nq, Le]
+            edit_map = probabilities(q[row], k[row, : edit.target.length], heads)  # [H, Nq, Le]
             if self._cross_on[e][step]:
                 t = self._edit_tensors(e, q.device)
                 edit_map = mix_cross(source_map, edit_map, t.weights, t.own, t.alphas[step], t.equalizer)
                 out[row] = apply_probabilities(edit_map, v[row], heads)
-                changed.append(row)
+                changed.add(row)
             if blend_layer and self.blend_maps[e] is not None:
                 self._capture_blend(e, source_map, edit_map, call.spatial)
             if viewing:
                 self.capture.add_cross(e + 1, step, edit_map, call.spatial, call.layer)
-        return out, tuple(changed)
+        return out, tuple(sorted(changed))
+
+    def _attend_own_tokens(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: LayerCall, attend: Attend
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The host's attention for every row, each prompt row over its own tokens only.
+
+        Prompts of different lengths share one context tensor: each is padded to the longest by repeating
+        it. Where its length divides the context's, attention over the repeats is exactly attention over
+        the prompt (each key's weight is split over its copies), and the host computes it as a stock run
+        does. Where it does not, the padding would tilt the weights, so those rows attend over their first
+        `length` keys. Returns (output [R, Nq, H*d], the rows computed that way).
+        """
+        total = k.shape[1]
+        lengths = {call.source_row: self.batch.source.length}
+        lengths.update({row: e.target.length for row, e in zip(call.edit_rows, self.batch.edits)})
+        trimmed = {row: n for row, n in lengths.items() if total % n}
+        if not trimmed:
+            return attend(q, k, v), ()
+        groups = [[r for r in range(q.shape[0]) if r not in trimmed]]  # rows over the whole context
+        groups += [[r for r, m in trimmed.items() if m == n] for n in sorted(set(trimmed.values()))]
+        out = None
+        for rows in groups:
+            if not rows:
+                continue
+            n = trimmed.get(rows[0], total)
+            part = attend(q[rows], k[rows, :n], v[rows, :n])  # [len(rows), Nq, H*d]
+            out = part.new_empty((q.shape[0], *part.shape[1:])) if out is None else out
+            out[rows] = part
+        return out, tuple(sorted(trimmed))
 
     def self_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: LayerCall, attend: Attend
@@ -151,21 +182,21 @@ class EditRun:
 
     def _blending(self, e: int) -> bool:
         start = self._blend_start[e]
-        return start is not None and self.step >= int(start * self.num_steps + 1e-6)
+        return start is not None and self.step >= steps_at(start, self.num_steps)
 
-    def blend_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x [1+N, C, H, W] as the sampler holds it -> what the model sees: each blended edit equals
-        the source outside its mask (the mask of the previous blended evaluation)."""
-        if not any(m is not None for m in self.masks):
-            return x
-        x = x.clone()
+    def blend_state(self, x: torch.Tensor, source: torch.Tensor | None = None) -> None:
+        """In place, on the sampler's own latent x [1+N, C, H, W] as a model evaluation begins: each blended
+        edit is reset to the source (`source` [C, H, W], default x[0]) outside its mask (the mask of the
+        previous blended evaluation). This is the public code's reset after every step: the sampler goes
+        on from the reset latent, so a pixel that joins the mask later starts from the source's latent."""
         for e, mask in enumerate(self.masks):
             if mask is not None:
-                x[e + 1] = blend(x[0], x[e + 1], mask.to(x.device))
-        return x
+                x[e + 1] = blend(x[0] if source is None else source, x[e + 1], mask.to(x.device))
 
     def blend_output(self, denoised: torch.Tensor) -> torch.Tensor:
-        """Update the masks from the maps seen so far and blend the model's prediction with them."""
+        """Update the masks from the maps seen so far and blend the model's prediction with them, so that
+        outside the mask the edit's step is the source's step, also in samplers that keep a history of
+        predictions (dpmpp_2m, lms, ...)."""
         out = None
         for e, maps in enumerate(self.blend_maps):
             if maps is None or not self._blending(e):
@@ -180,7 +211,9 @@ class EditRun:
 
     def blend_final(self, latent: torch.Tensor) -> torch.Tensor:
         """The sampler's result, with each blended edit equal to the source outside its last mask."""
-        return self.blend_input(latent)
+        latent = latent.clone()
+        self.blend_state(latent)
+        return latent
 
     # -- device tensors ------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """When injection happens: windows over the sampling steps, and the step of a model evaluation.
 
 A window is a pair of fractions of the run's steps. Cross- and self-attention windows use the same
-scale: with N steps, the window (a, b) covers steps floor(a*N) <= i < floor(b*N). (The public code
-scales the cross window by N+1 and the self window by N.)
+scale: with N steps, the window (a, b) covers steps floor(a*N) <= i < floor(b*N), computed on the
+decimal the user wrote: 0.29 of 100 steps is 29 steps. (The public code scales the cross window by N+1
+and the self window by N, and its int(0.29 * 100) is 28: 0.29 * 100 is 28.999999999999996 in floating
+point.)
 
 The step of a model evaluation is read off the noise level the sampler evaluates at, against the
 run's sigma schedule, never by counting calls: samplers that evaluate the model several times per
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import torch
@@ -22,11 +25,9 @@ from .errors import P2PError
 
 __all__ = ["Window", "step_of_sigma", "steps_at", "token_alphas"]
 
-_ROUNDING = 1e-6  # 0.29 * 100 is 28.999999999999996 in floating point
-
-
 def steps_at(fraction: float, num_steps: int) -> int:
-    return int(math.floor(fraction * num_steps + _ROUNDING))
+    """floor(fraction * num_steps), exact for the fraction's shortest decimal form (repr)."""
+    return math.floor(Fraction(repr(float(fraction))) * num_steps)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from p2p import (
     parse_weights,
     step_of_sigma,
 )
-from p2p.attention import apply_probabilities, fold_tokens, mix_cross, probabilities
+from p2p.attention import apply_probabilities, mix_cross, probabilities
 
 HEADS = 2
 
@@ -46,12 +46,34 @@ def fake_prompt(words: list[str], chunk=8) -> PromptTokens:
     return PromptTokens(" ".join(words), tuple(pieces), chunk_length=chunk)
 
 
-def test_fold_tokens_equals_unrepeated_map():
+def test_attention_over_repeated_keys_is_attention_over_one_copy():
+    """Why a prompt's map can be read off its first copy when the batch repeats its context."""
     q, k = torch.randn(6, 4 * HEADS), torch.randn(8, 4 * HEADS)
-    direct = probabilities(q, k, HEADS)
-    repeated = probabilities(q, k.repeat(3, 1), HEADS)
-    assert repeated.shape[-1] == 24
-    torch.testing.assert_close(fold_tokens(repeated, 8), direct)
+    repeated = probabilities(q, k.repeat(3, 1), HEADS)  # [H, 6, 24]
+    torch.testing.assert_close(repeated.reshape(HEADS, 6, 3, 8).sum(2), probabilities(q, k, HEADS))
+
+
+@pytest.mark.parametrize("cross_replace", [0.0, 1.0])
+def test_prompts_padded_to_the_longest_attend_over_their_own_tokens(cross_replace):
+    """Source of 2 chunks, edit of 3 chunks: one context of 3 chunks (not their common multiple, 6), the
+    source row padded by repeating it. Every row, padded or not, equals attention over its own prompt."""
+    chunk = 8
+    first, second = fake_prompt(["a", "cat", "on"], chunk), fake_prompt(["a", "mat"], chunk)
+    source = PromptTokens("a cat on a mat", first.pieces + second.pieces, chunk)  # 2 chunks: 16 positions
+    third = fake_prompt(["in", "the", "sun"], chunk)
+    target = PromptTokens("a cat on a mat in the sun", source.pieces + third.pieces, chunk)  # 3 chunks
+    edit = make_edit(source, target, mode="refine", cross_replace=cross_replace, self_replace=0.0)
+    run = EditRun(EditBatch(source, (edit,)), 10)
+    own = [torch.randn(n, 8) for n in (24, 24, 16, 24)]  # keys (and values) per row: uncond, uncond, src, edit
+    padded = torch.stack([t.repeat(2, 1)[:24] for t in own])  # [4, 24, 8]
+    q = torch.randn(4, 6, 8)
+    call = LayerCall(source_row=2, edit_rows=(3,), heads=HEADS, spatial=(2, 3), downsample=1)
+    out, changed = run.cross_attention(q, padded, padded, call, vanilla_attention)
+    assert 2 in changed  # the padded source row is not the host's plain attention over the whole context
+    expected = torch.cat([vanilla_attention(q[r : r + 1], own[r][None], own[r][None]) for r in range(3)])
+    torch.testing.assert_close(out[:3], expected)
+    if cross_replace == 0.0:
+        torch.testing.assert_close(out[3], vanilla_attention(q[3:], own[3][None], own[3][None])[0])
 
 
 def test_apply_probabilities_matches_vanilla_attention():
@@ -223,5 +245,17 @@ def test_blend_keeps_source_bits_outside_the_mask():
     assert torch.equal(out[1][:, ~mask], x[0][:, ~mask])
     assert torch.equal(out[1][:, mask], x[1][:, mask])
     assert torch.equal(out[0], x[0])
-    seen = run.blend_input(x)
-    assert torch.equal(seen[1][:, ~mask], x[0][:, ~mask]) and not torch.equal(seen, x)
+    state = x.clone()
+    run.blend_state(state)  # in place, as on the sampler's own latent
+    assert torch.equal(state[1][:, ~mask], x[0][:, ~mask]) and torch.equal(state[1][:, mask], x[1][:, mask])
+    assert torch.equal(state[0], x[0])
+
+
+@pytest.mark.parametrize("fraction, steps, expected", [
+    (0.29, 100, 29), (0.8, 30, 24), (0.4, 50, 20), (0.3, 10, 3), (0.57, 100, 57), (0.2899999999, 100, 28),
+    (0.999, 10, 9), (1.0, 7, 7), (0.0, 7, 0),
+])
+def test_window_steps_are_exact_for_the_decimal_written(fraction, steps, expected):
+    """0.29 * 100 is 28.999999999999996 in floating point, yet 0.29 of 100 steps is 29; and 0.2899999999 of
+    100 steps is 28 (a tolerance added before flooring, as this code once did, made it 29)."""
+    assert Window(0.0, fraction).stop_step(steps) == expected

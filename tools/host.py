@@ -113,11 +113,14 @@ class Host:
     def node_class(self, name: str):
         return self.nodes.NODE_CLASS_MAPPINGS[name]
 
-    def run(self, prompt: dict, keep: tuple[str, ...] = ()) -> dict:
+    def run(self, prompt: dict, keep: tuple[str, ...] = (), fresh: bool = False) -> dict:
         """Validate and execute an API-format prompt; return {node id: outputs tuple}.
 
         `keep` names nodes that are not output nodes but must run (a sink node is added for them).
+        `fresh` empties ComfyUI's output cache first, so every node runs again.
         """
+        if fresh:
+            self.executor.reset()
         prompt_id = str(uuid.uuid4())
         if keep:
             prompt = dict(prompt)
