@@ -31,7 +31,8 @@ def relative_error(a, b):
 
 def p2p_context_lengths():
     """Context lengths the UNet saw in the P2P batch's calls (3 items a chunk; the stock run has 1)."""
-    return {r["context"].shape[1] for r in Recorder.RECORDS["len"] if r["n"].shape[0] % 3 == 0 and 0 in r["cond_or_uncond"]}
+    records = Recorder.RECORDS["len"]
+    return {r["context"].shape[1] for r in records if r["n"].shape[0] % 3 == 0 and 0 in r["cond_or_uncond"]}
 
 
 def lcm_positive(self):
