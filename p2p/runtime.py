@@ -57,6 +57,9 @@ class EditRun:
         self.blend_downsample = blend_downsample
         self.capture = capture  # optional: aggregates attention maps for viewing
         self.step = 0
+        # (kind, layer) seen in this evaluation: a node that runs the model a second time within an evaluation
+        # (PerturbedAttentionGuidance's perturbed pass) gets its edits injected, but adds nothing to the maps.
+        self._mapped: set = set()
         self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
         # Decided on the CPU up front so that no layer call waits on the device to ask.
         self._cross_on = [[bool(a[s].any()) for s in range(self.num_steps)] for a in self._alphas]
@@ -74,6 +77,7 @@ class EditRun:
     def begin_evaluation(self, sigma: float, sample_sigmas: list[float]) -> int:
         """Called once per model evaluation, before the UNet runs."""
         self.step = step_of_sigma(sigma, sample_sigmas)
+        self._mapped.clear()
         return self.step
 
     # -- attention -----------------------------------------------------------------------------
@@ -83,8 +87,9 @@ class EditRun:
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """q [R, Nq, H*d], k and v [R, T, H*d] -> (output [R, Nq, H*d], rows changed)."""
         step = self.step
-        blend_layer = call.downsample == self.blend_downsample
-        viewing = self.capture is not None and self.capture.wants(step, call.downsample, call.block)
+        first = self._first_call("cross", call)
+        blend_layer = first and call.downsample == self.blend_downsample
+        viewing = first and self.capture is not None and self.capture.wants(step, call.downsample, call.block)
         todo = [
             e
             for e in range(len(self.batch.edits))
@@ -159,7 +164,7 @@ class EditRun:
             for e, edit in enumerate(self.batch.edits)
             if self._self_on[e][step] and call.downsample >= edit.self_min_downsample
         )
-        viewing = (self.capture is not None and self.capture.spec.self_attention
+        viewing = (self._first_call("self", call) and self.capture is not None and self.capture.spec.self_attention
                    and self.capture.wants(step, call.downsample, call.block))
         if rows:
             injected_q, injected_k = q.clone(), k.clone()
@@ -170,6 +175,14 @@ class EditRun:
             for item, row in enumerate((call.source_row, *call.edit_rows)):
                 self.capture.add_self(item, probabilities(q[row], k[row], call.heads))
         return attend(q, k, v), rows
+
+    def _first_call(self, kind: str, call: LayerCall) -> bool:
+        """Whether this layer is called for the first time in this evaluation (and note that it was)."""
+        key = (kind, call.layer)
+        if key in self._mapped:
+            return False
+        self._mapped.add(key)
+        return True
 
     # -- local blend ---------------------------------------------------------------------------
 

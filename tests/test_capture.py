@@ -114,3 +114,19 @@ def test_first_self_component_separates_two_regions():
     values = first.flatten()
     assert values[left].std() < 1e-6 and values[~left].std() < 1e-6
     assert abs(values[left].mean() - values[~left].mean()) > 0.99
+
+
+def test_a_second_pass_within_one_evaluation_adds_nothing_to_the_maps():
+    """A node that runs the model again within an evaluation (PerturbedAttentionGuidance's perturbed pass)
+    still gets the edits injected, but its maps are not averaged in: one call per layer and evaluation."""
+    source, target = fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"])
+    L = source.length
+    run = EditRun(EditBatch(source, (make_edit(source, target),)), 4, None,
+                  capture=_capture([source, target], self_attention=False))
+    call = LayerCall(source_row=0, edit_rows=(1,), heads=HEADS, spatial=(2, 3), downsample=2, block="input", layer=0)
+    q, k, v = torch.randn(2, 6, 8), torch.randn(2, L, 8), torch.randn(2, L, 8)
+    run.begin_evaluation(1.0, [1.0, 0.5, 0.2, 0.1, 0.0])
+    first, _ = run.cross_attention(q, k, v, call, vanilla_attention)
+    second, changed = run.cross_attention(torch.randn(2, 6, 8), k, v, call, vanilla_attention)
+    assert changed == (1,)  # still injected
+    torch.testing.assert_close(run.capture.result().cross[0], probabilities(q[0], k[0], HEADS).mean(0).reshape(2, 3, L))
