@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,16 @@ from .heatmap_render import colorize, grid, overlay, upsample
 __all__ = ["P2P_CAPTURE", "P2P_ATTENTION", "CapturedAttention", "P2PAttentionCapture", "P2PAttentionMaps",
            "DEFAULT_CAPTURE"]
 
+log = logging.getLogger("prompt_to_prompt")
+
 P2P_CAPTURE = "P2P_CAPTURE"
 P2P_ATTENTION = "P2P_ATTENTION"
 DEFAULT_CAPTURE = CaptureSpec()  # the paper's: 1/4-resolution layers of the down and up blocks, every step
 RESOLUTIONS = {"auto": None, "1/1": 1, "1/2": 2, "1/4": 4, "1/8": 8}
 MAX_STEP_ROWS = 6
+# Heatmaps per row of the image grid: a longer row wraps, and per-step rows show the first this many words, so
+# the grid of a 200-word prompt stays about as large as its heatmaps (the grid is as wide as its widest row).
+GRID_COLUMNS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,8 +68,8 @@ class P2PAttentionCapture:
                 "layers": (list(LAYER_GROUPS), {"default": "down+up", "tooltip":
                     "UNet blocks averaged: down (encoder), middle, up (decoder); the paper uses down+up."}),
                 "per_step": ("BOOLEAN", {"default": False, "tooltip":
-                    "Also keep one map per step (P2P Attention Maps then adds rows for a few steps). Uses memory "
-                    "in proportion to the steps."}),
+                    "Also keep one map per step (P2P Attention Maps then adds rows for a few steps, showing at most "
+                    f"{GRID_COLUMNS} words). Uses memory in proportion to the steps."}),
                 "self_attention": ("BOOLEAN", {"default": True, "tooltip":
                     "Also average the self-attention maps, for the principal-components view (kept only for "
                     "layers of at most 32x32)."}),
@@ -165,15 +171,20 @@ class P2PAttentionMaps:
         if not heat:
             raise input_error(node, "words", f"none of them is in the prompt of item {item}")
         picture = pictures[item]
-        rows = [[("source" if item == 0 else f"edit {item}", picture)]
-                + [(label, overlay(picture, upsample(m, size))) for label, m in heat]]
+        tiles = [(label, overlay(picture, upsample(m, size))) for label, m in heat]
         mask = maps.blend_masks[item - 1] if item > 0 and len(maps.blend_masks) >= item else None
         if mask is not None:
-            rows[0].append(("blend mask", overlay(picture, upsample(mask.float(), size))))
+            tiles.append(("blend mask", overlay(picture, upsample(mask.float(), size))))
+        title = ("source" if item == 0 else f"edit {item}", picture)
+        rows = [[title] + tiles[i : i + GRID_COLUMNS] for i in range(0, len(tiles), GRID_COLUMNS)]
         if maps.per_step is not None:
+            stepped = heat[:GRID_COLUMNS]
+            if len(heat) > len(stepped):
+                log.warning("%s: the per-step rows show the first %d of %d words (%d left out); name the words to "
+                            "show in the input 'words'", node, len(stepped), len(heat), len(heat) - len(stepped))
             picks = np.unique(np.linspace(0, len(maps.steps) - 1, min(MAX_STEP_ROWS, len(maps.steps))).round())
             for s in picks.astype(int):
-                step_heat = word_maps(maps, item, [tuple(label.split(" ")) for label, _ in heat], step=int(s))
+                step_heat = word_maps(maps, item, [tuple(label.split(" ")) for label, _ in stepped], step=int(s))
                 rows.append([(f"step {maps.steps[s] + 1}", picture)]
                             + [(label, overlay(picture, upsample(m, size))) for label, m in step_heat])
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
 from ..p2p import (MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, P2PError, make_edit, parse_phrases, parse_schedule,
                    parse_weights)
+from ..p2p.spec import fraction
 from .bundle import P2P_EDIT, EditBundle
 from .errors import input_error, node_input
 from .tokenize import prompt_tokens, word_splitter
 
 __all__ = ["P2PEditSpec", "P2PReweight", "P2PLocalBlend", "SELF_LAYERS"]
 
+log = logging.getLogger("prompt_to_prompt")
+
 CATEGORY = "prompt_to_prompt"
 
 # Which self-attention layers get the source's map: name -> coarsest-to-finest cut (latent size / layer size)
 SELF_LAYERS = {"coarse": 4, "coarse+medium": 2, "all": 1}
+
+# Two CLIPs count as one text encoder when they encode the source prompt to within this relative difference:
+# room for the rounding of one encoder run twice (half precision, another device); another encoder or another
+# CLIP Set Last Layer differs by far more (1.4 and 0.6 on the test models).
+SAME_ENCODING = 1e-2
 
 
 def _encode(clip, text: str):
@@ -60,9 +72,11 @@ class P2PEditSpec:
             "optional": {
                 "word_schedule": ("STRING", {"multiline": False, "default": "", "tooltip":
                     "Per-word injection windows for words of the edited prompt, overriding cross_replace: "
-                    "'car: 0.2, sunglasses: 0-0.5' (end, or start-end, as fractions of the steps)."}),
+                    "'car: 0.2, sunglasses: 0-0.5' (end, or start-end, as fractions of the steps). Each word "
+                    "at most once."}),
                 "previous": (P2P_EDIT, {"tooltip":
-                    "An edit with the same source prompt: this edit is added to its batch, so one run makes all."}),
+                    "An edit with the same source prompt and the same CLIP: this edit is added to its batch, so one "
+                    "run makes all."}),
             },
         }
 
@@ -81,12 +95,23 @@ class P2PEditSpec:
             raise input_error(node, "source_prompt",
                               f'differs from the source prompt of "previous" ("{previous.source_prompt}"); '
                               "every edit of one batch starts from the same source")
+        if previous is not None:
+            mismatch = _encoder_mismatch(previous.conditionings[0], src_cond)
+            if mismatch:
+                raise input_error(node, "previous", f"was encoded by another text encoder: {mismatch}. Connect the "
+                                  "same CLIP (the same checkpoint, CLIP LoRA and CLIP Set Last Layer) to every edit "
+                                  "of a batch")
+        for name, value in (("cross_replace", cross_replace), ("self_replace", self_replace)):
+            with node_input(node, name):
+                fraction(value)
         tgt_tokens, tgt_cond = _encode(clip, target_prompt)
         target = prompt_tokens(clip, target_prompt, tgt_tokens)
+        with node_input(node, "target_prompt"):  # the word counts of a swap; the mode is a checked combo
+            edit = make_edit(source, target, mode, cross_replace, self_replace, SELF_LAYERS[self_layers])
         with node_input(node, "word_schedule"):
-            windows = [(split(phrase), window) for phrase, window in parse_schedule(word_schedule)]
-        with node_input(node, "word_schedule" if windows else "target_prompt"):
-            edit = make_edit(source, target, mode, cross_replace, self_replace, windows, SELF_LAYERS[self_layers])
+            schedule = parse_schedule(word_schedule)
+            if schedule:
+                edit = edit.scheduled([(split(phrase), window) for phrase, window in schedule])
         if previous is None:
             return (EditBundle(EditBatch(source, (edit,)), (src_cond, tgt_cond), split),)
         return (previous.with_batch(previous.batch.with_edit(edit), tgt_cond),)
@@ -110,8 +135,8 @@ class P2PReweight:
                 "edit": (P2P_EDIT, {"tooltip": "The edit whose last edited prompt is re-weighted."}),
                 "weights": ("STRING", {"multiline": False, "default": "", "tooltip":
                     f"Words of the edited prompt and their attention weights, {lo:g} to {hi:g}: "
-                    "'fluffy: -2, red: 1.5'. "
-                    "A phrase of several words re-weights each of them."}),
+                    "'fluffy: -2, red: 1.5, hat: 1e-3'. A phrase of several words re-weights each of them. Each "
+                    "word at most once; a second P2P Reweight multiplies."}),
             }
         }
 
@@ -122,8 +147,7 @@ class P2PReweight:
             entries = parse_weights(weights)
             if not entries:
                 raise input_error(node, "weights", "no 'word: weight' entries given")
-            for phrase, weight in entries:
-                last = last.reweighted(last.target.find(edit.split_words(phrase)), weight)
+            last = last.reweighted([(edit.split_words(phrase), weight) for phrase, weight in entries])
         return (edit.with_batch(edit.batch.with_last(last)),)
 
 
@@ -149,7 +173,7 @@ class P2PLocalBlend:
                     "Words of the edited prompt marking the region to edit ('dog'). Either side may be empty."}),
                 "threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                     "Fraction of the strongest attention above which a pixel belongs to the edited region. "
-                    "Lower grows the region."}),
+                    "Lower grows the region; at 1 the region is empty."}),
                 "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                     "Fraction of the steps after which blending starts (the mask needs a few steps to settle)."}),
             },
@@ -178,9 +202,34 @@ class P2PLocalBlend:
                 raise input_error(node, "subtract_words", f'"{phrase}" is in neither prompt')
             sub_source += found[0] or ()
             sub_target += found[1] or ()
-        with node_input(node, "threshold"):
-            spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), threshold, start)
+        for name, value in (("threshold", threshold), ("start", start)):
+            with node_input(node, name):
+                fraction(value)
+        spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), threshold, start)
+        for name, reason in spec.no_effect():
+            log.warning("%s: input '%s' %s; this local blend cannot change anything", node, name, reason)
         return (edit.with_batch(batch.with_last(last.blended(spec))),)
+
+
+def _encoder_mismatch(previous_source, source) -> str | None:
+    """How the CLIP of `previous` differs from this node's CLIP, or None when they are one text encoder.
+
+    Both encoded the same source prompt, so their encodings are compared, not the objects: a CLIP keeps its
+    encoder through ComfyUI's cache and through clip.clone() (CLIP Set Last Layer, LoRA loaders), yet a LoRA or
+    another last layer encodes differently, while two loaders of one checkpoint encode alike.
+    """
+    before, now = previous_source[0][0], source[0][0]  # [1, L, D]: the tensor of the first conditioning entry
+    if before.shape[-1] != now.shape[-1]:
+        return f"its CLIP has width {before.shape[-1]}, the CLIP connected here {now.shape[-1]}"
+    if before.shape != now.shape:
+        return (f"its CLIP encodes the source prompt to {before.shape[1]} tokens, the CLIP connected here to "
+                f"{now.shape[1]}")
+    before, now = before.float().cpu(), now.float().cpu()
+    difference = ((before - now).norm() / now.norm().clamp_min(torch.finfo(torch.float32).tiny)).item()
+    if not difference <= SAME_ENCODING:  # NaN too
+        return (f"its CLIP encodes the source prompt differently from the CLIP connected here (relative "
+                f"difference {difference:.3g})")
+    return None
 
 
 def _find_or_none(tokens, words):

@@ -17,10 +17,46 @@ from .errors import P2PError
 from .schedule import Window, token_alphas
 from .tokens import PromptTokens
 
-__all__ = ["LocalBlend", "Edit", "EditBatch", "make_edit", "MODES", "REWEIGHT_RANGE"]
+__all__ = ["LocalBlend", "Edit", "EditBatch", "make_edit", "fraction", "phrase_positions", "MODES",
+           "REWEIGHT_RANGE"]
 
 MODES = ("auto", "replace", "refine")
 REWEIGHT_RANGE = (-10.0, 10.0)
+
+
+def fraction(value: float, name: str = "") -> float:
+    """`value` as a float within 0..1. NaN is refused here: the host's number widgets clamp what is typed, but
+    a NaN sent through its API passes every min/max comparison."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:  # false for NaN
+        raise P2PError(f"{name} must be a number within 0..1, got {value}".lstrip())
+    return number
+
+
+def phrase_positions(tokens: PromptTokens, phrases: Sequence[Sequence[str]]) -> list[tuple[int, ...]]:
+    """Token positions of each phrase (given as its words) in `tokens`.
+
+    A word named by two phrases of one list is refused: the later value would silently win (windows) or
+    multiply (weights), and neither is what a word written twice means.
+    """
+    named: dict[int, Sequence[str]] = {}  # position -> the phrase that named it
+    located = []
+    for phrase in phrases:
+        positions = tokens.find(phrase)
+        for p in positions:
+            if p in named:
+                raise P2PError(_named_twice(tokens, named[p], phrase, p))
+        named.update((p, phrase) for p in positions)
+        located.append(positions)
+    return located
+
+
+def _named_twice(tokens: PromptTokens, first: Sequence[str], second: Sequence[str], position: int) -> str:
+    first_text, second_text = " ".join(first).lower(), " ".join(second).lower()
+    if first_text == second_text:
+        return f'"{first_text}" is given twice'
+    word = next(w.text for w in tokens.words if position in w.positions)
+    return f'"{first_text}" and "{second_text}" both name the word "{word}"; give each word once'
 
 
 @dataclass(frozen=True)
@@ -41,10 +77,22 @@ class LocalBlend:
     def __post_init__(self):
         if not self.source_positions and not self.target_positions:
             raise P2PError("local blend needs at least one source or target word")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise P2PError(f"threshold must be within 0..1, got {self.threshold}")
-        if not 0.0 <= self.start <= 1.0:
-            raise P2PError(f"start must be within 0..1, got {self.start}")
+        fraction(self.threshold, "threshold")
+        fraction(self.start, "start")
+
+    def no_effect(self) -> list[tuple[str, str]]:
+        """Why this blend cannot change anything: (field, reason) pairs, none when it can."""
+        reasons = []
+        if self.threshold >= 1.0:
+            reasons.append(("threshold", "is 1: no pixel's attention is strictly above the strongest one, so the "
+                            "mask is empty and the edit is reset to the source everywhere from 'start' on"))
+        if self.start >= 1.0:
+            reasons.append(("start", "is 1: blending would start after the last step, so it never happens"))
+        if (set(self.source_positions) <= set(self.subtract_source_positions)
+                and set(self.target_positions) <= set(self.subtract_target_positions)):
+            reasons.append(("subtract_words", "cover every blend word: all that is left to edit is a rim, one cell "
+                            "of the attention map wide, around those words"))
+        return reasons
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,11 +118,27 @@ class Edit:
             eq[position] *= weight
         return eq
 
-    def reweighted(self, positions: Sequence[int], weight: float) -> "Edit":
+    def reweighted(self, entries: Sequence[tuple[Sequence[str], float]]) -> "Edit":
+        """Multiply the attention of each phrase's words (of the target) by its weight.
+
+        A word named twice in one call is refused (`phrase_positions`); separate calls multiply.
+        """
         lo, hi = REWEIGHT_RANGE
-        if not lo <= weight <= hi:
-            raise P2PError(f"weight {weight} is outside {lo:g}..{hi:g}")
-        return dataclasses.replace(self, weights=self.weights + tuple((p, float(weight)) for p in positions))
+        for _, weight in entries:
+            if not lo <= weight <= hi:  # false for NaN
+                raise P2PError(f"weight {weight} is outside {lo:g}..{hi:g}")
+        located = phrase_positions(self.target, [phrase for phrase, _ in entries])
+        added = tuple((p, float(weight)) for positions, (_, weight) in zip(located, entries) for p in positions)
+        return dataclasses.replace(self, weights=self.weights + added)
+
+    def scheduled(self, entries: Sequence[tuple[Sequence[str], Window]]) -> "Edit":
+        """Give each phrase's words (of the target) their own cross-attention window, overriding `cross_window`.
+
+        A word named twice in one call is refused (`phrase_positions`).
+        """
+        located = phrase_positions(self.target, [phrase for phrase, _ in entries])
+        added = tuple((p, window) for positions, (_, window) in zip(located, entries) for p in positions)
+        return dataclasses.replace(self, word_windows=self.word_windows + added)
 
     def blended(self, blend: LocalBlend) -> "Edit":
         return dataclasses.replace(self, local_blend=blend)
@@ -107,26 +171,22 @@ def make_edit(
     mode: str = "auto",
     cross_replace: float = 0.8,
     self_replace: float = 0.4,
-    word_windows: Sequence[tuple[Sequence[str], Window]] = (),
     self_min_downsample: int = 4,
 ) -> Edit:
-    """Build an edit of `source` into `target`.
+    """Build an edit of `source` into `target` (per-word windows: `Edit.scheduled`).
 
     mode "auto" swaps words when both prompts have the same number of words and refines otherwise.
-    `word_windows` gives some words of the target their own cross-attention window.
     """
     if mode not in MODES:
         raise P2PError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if mode == "auto":
         mode = "replace" if len(source.words) == len(target.words) else "refine"
     mapping = replace_mapping(source, target) if mode == "replace" else refine_mapping(source, target)
-    windows = tuple((p, window) for phrase, window in word_windows for p in target.find(phrase))
     return Edit(
         target=target,
         mapping=mapping,
         mode=mode,
-        cross_window=Window(0.0, cross_replace),
-        self_window=Window(0.0, self_replace),
-        word_windows=windows,
+        cross_window=Window(0.0, fraction(cross_replace, "cross_replace")),
+        self_window=Window(0.0, fraction(self_replace, "self_replace")),
         self_min_downsample=self_min_downsample,
     )

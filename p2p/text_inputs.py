@@ -5,6 +5,7 @@
 * word schedules:  "car: 0.2, hat: 0.1-0.6"  -> [("car", Window(0, 0.2)), ("hat", Window(0.1, 0.6))]
 
 Each entry is a phrase (one or more words of a prompt); entries are separated by commas or new lines.
+Numbers may be written in scientific notation (1e-3, 2.5E+1); the words nan and inf are not numbers here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .schedule import Window
 __all__ = ["parse_phrases", "parse_weights", "parse_schedule"]
 
 _SEPARATORS = re.compile(r"[,\n;]")
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # 1.5, -.5, 1e-3, 2.5E+1
 
 
 def _entries(text: str) -> list[str]:

@@ -174,9 +174,10 @@ def test_window_steps(window, steps, covered):
 
 
 def test_per_word_windows_override_the_default():
-    run = _run_with({"cross_replace": 1.0, "word_windows": [(["dog"], Window(0.0, 0.4))]}, num_steps=50)
-    alphas = run.batch.edits[0].cross_alphas(50)
-    dog = run.batch.edits[0].target.find(["dog"])[0]
+    edit = make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"]), cross_replace=1.0)
+    edit = edit.scheduled([(["dog"], Window(0.0, 0.4))])
+    alphas = edit.cross_alphas(50)
+    dog = edit.target.find(["dog"])[0]
     assert alphas[:, dog].nonzero().flatten().tolist() == list(range(20))
     assert alphas[:, 1].sum() == 50  # "a" keeps the default window
 
@@ -259,3 +260,57 @@ def test_window_steps_are_exact_for_the_decimal_written(fraction, steps, expecte
     """0.29 * 100 is 28.999999999999996 in floating point, yet 0.29 of 100 steps is 29; and 0.2899999999 of
     100 steps is 28 (a tolerance added before flooring, as this code once did, made it 29)."""
     assert Window(0.0, fraction).stop_step(steps) == expected
+
+
+@pytest.mark.parametrize("text, weight", [("hat: 1e-3", 1e-3), ("hat: 2.5E+1", 25.0), ("hat: -1e-1", -0.1),
+                                          ("hat: .5e1", 5.0)])
+def test_weights_accept_scientific_notation(text, weight):
+    assert parse_weights(text) == [("hat", weight)]
+
+
+def test_schedules_accept_scientific_notation():
+    assert parse_schedule("car: 2e-1, hat: 1e-1-5E-1") == [("car", Window(0, 0.2)), ("hat", Window(0.1, 0.5))]
+    for bad in ("hat: nan", "hat: inf", "hat: 1e", "hat: e3"):
+        with pytest.raises(P2PError):
+            parse_weights(bad)
+
+
+@pytest.mark.parametrize("phrases, message", [
+    ([["dog"], ["dog"]], '"dog" is given twice'),
+    ([["Dog"], ["dog"]], '"dog" is given twice'),
+    ([["red", "dog"], ["dog"]], '"red dog" and "dog" both name the word "dog"'),
+])
+def test_a_word_given_twice_in_one_call_is_refused(phrases, message):
+    edit = make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "red", "dog"]), mode="refine")
+    with pytest.raises(P2PError, match=message):
+        edit.reweighted([(p, 2.0) for p in phrases])
+    with pytest.raises(P2PError, match=message):
+        edit.scheduled([(p, Window(0.0, 0.5)) for p in phrases])
+
+
+def test_weights_of_separate_calls_multiply():
+    edit = make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"]))
+    edit = edit.reweighted([(["dog"], 2.0)]).reweighted([(["dog"], 3.0)])
+    assert edit.equalizer()[list(edit.target.find(["dog"]))].tolist() == [6.0]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.1, 1.1])
+def test_fractions_refuse_nan_and_infinities(value):
+    with pytest.raises(P2PError, match="must be a number within 0..1"):
+        make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"]), cross_replace=value)
+    with pytest.raises(P2PError, match="start must be a number within 0..1"):
+        LocalBlend((1,), (), start=value)
+    with pytest.raises(P2PError, match="outside"):
+        make_edit(fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"])).reweighted([(["dog"], value * 1000)])
+
+
+@pytest.mark.parametrize("blend, fields", [
+    (LocalBlend((1,), (2,)), []),
+    (LocalBlend((1,), (2,), threshold=1.0), ["threshold"]),
+    (LocalBlend((1,), (2,), start=1.0), ["start"]),
+    (LocalBlend((1,), (2,), (1,), (2, 3)), ["subtract_words"]),
+    (LocalBlend((1,), (2,), (1,), ()), []),  # the target's words are still blended
+    (LocalBlend((), (2,), (), (2,), threshold=1.0, start=1.0), ["threshold", "start", "subtract_words"]),
+])
+def test_a_local_blend_says_when_it_cannot_change_anything(blend, fields):
+    assert [field for field, _ in blend.no_effect()] == fields
