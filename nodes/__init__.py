@@ -3,8 +3,11 @@
 from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps
 from .demo_model import P2PDemoModel
 from .edit_nodes import P2PEditSpec, P2PLocalBlend, P2PReweight
+from .host_version import log_if_unsupported
 from .inversion_nodes import P2PInvert, P2PLoadInversion, P2PSaveInversion
 from .sampler_node import P2PSampler
+
+log_if_unsupported()
 
 NODE_CLASS_MAPPINGS = {
     "P2PEditSpec": P2PEditSpec,

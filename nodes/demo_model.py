@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..shapes_demo.model import load
+from .host_version import require_supported_host
 
 __all__ = ["P2PDemoModel"]
 
@@ -28,4 +29,5 @@ class P2PDemoModel:
         return {"required": {}}
 
     def load(self):
+        require_supported_host("P2PDemoModel")
         return load()

@@ -10,7 +10,9 @@ The pack is loaded exactly as a user's ComfyUI loads it: from a `custom_nodes` f
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import sys
 import tempfile
 import uuid
@@ -156,6 +158,41 @@ class Host:
         self.nodes.interrupt_processing(True)
 
 
+class MissingTorchaudioFilter(logging.Filter):
+    """Leaves out ComfyUI's reports that torchaudio is missing: this project does not install it (it runs no audio
+    model), and a newcomer would read them as the demo failing. They are: the audio models' warnings, the
+    tracebacks of the comfy_extras files that need it, and their lines in ComfyUI's closing report of extras that
+    did not import (all of that report when nothing else failed). Every other record passes, other import
+    failures, their report and a custom node's torchaudio failure included.
+    """
+
+    MISSING = "No module named 'torchaudio'"
+    REPORT = ("WARNING: some comfy_extras/ nodes did not import correctly", "\nThis issue might be caused by",
+              "Please do a: pip install -r requirements.txt", "Please run the update script")
+
+    def __init__(self):
+        super().__init__()
+        self.needs_torchaudio: set[str] = set()  # extras files that did not import for want of torchaudio
+        self.other_failures = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("torchaudio missing, "):
+            return False
+        if message.startswith("IMPORT FAILED: "):
+            return message.removeprefix("IMPORT FAILED: ") not in self.needs_torchaudio
+        if message.startswith(self.REPORT) or message == "":
+            return not self.needs_torchaudio or self.other_failures
+        extras_failure = re.match(r"Cannot import (.*comfy_extras\W.*) module for custom nodes: (.*)", message)
+        if extras_failure:
+            if extras_failure[2] != self.MISSING:
+                self.other_failures = True
+                return True
+            self.needs_torchaudio.add(Path(extras_failure[1]).name)
+            return False
+        return not ("comfy_extras" in message and message.rstrip().endswith(self.MISSING))  # the traceback
+
+
 def import_comfy(extra_args: tuple[str, ...] = ()) -> Path:
     """Make ComfyUI's modules importable (CPU, an isolated base directory with this pack); no nodes loaded.
 
@@ -171,6 +208,7 @@ def import_comfy(extra_args: tuple[str, ...] = ()) -> Path:
     (base_dir / "custom_nodes").mkdir()
     os.symlink(ROOT, base_dir / "custom_nodes" / PACK_FOLDER)
     sys.argv = [sys.argv[0], "--cpu", "--base-directory", str(base_dir), "--disable-metadata", *extra_args]
+    logging.getLogger().addFilter(MissingTorchaudioFilter())  # ComfyUI reports through the root logger
     sys.path.insert(0, str(comfy_root))
 
     import comfy.options
