@@ -3,10 +3,16 @@
 ComfyUI's CLIP tokenizers return, per text encoder, a list of 77-token chunks of (token, weight)
 pairs: a start token, the prompt's BPE tokens, an end token, padding. A BPE piece whose vocabulary
 entry ends in "</w>" closes a word.
+
+CLIP's BPE is byte-level: a vocabulary entry spells UTF-8 bytes with one stand-in symbol per byte ("café" is
+"cafÃ©"), and one character may be split over several tokens ("猫" is three). Pieces carry decoded text, so
+words are compared and shown as what the user typed (after CLIP's own lower-casing and NFC composition).
 """
 
 from __future__ import annotations
 
+import codecs
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -16,6 +22,39 @@ from ..p2p import END, PAD, START, WORD, PromptTokens, TokenPiece
 __all__ = ["prompt_tokens", "word_splitter", "layout_tokenizer"]
 
 _WORD_END = "</w>"
+
+
+def _byte_of_symbol() -> dict[str, int]:
+    """Byte-level BPE's stand-in symbols, inverted: GPT-2's `bytes_to_unicode`, which CLIP's tokenizer uses.
+    Built here because HF's fast CLIPTokenizer (transformers 5) no longer exposes a `byte_decoder`."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in symbols]
+    symbols.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return {symbol: b for b, symbol in symbols.items()}
+
+
+_BYTE_OF_SYMBOL = MappingProxyType(_byte_of_symbol())
+
+
+class _WordText:
+    """Decodes a prompt's BPE pieces in order. Each piece gets the characters its bytes complete: a character
+    split over several pieces goes to the piece with its last byte, so a word's pieces always join to the
+    decoding of the word's whole byte sequence."""
+
+    def __init__(self):
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def piece(self, entry: str) -> tuple[str, bool]:
+        """(text, ends a word) of one vocabulary entry."""
+        ends_word = entry.endswith(_WORD_END)
+        symbols = entry[: -len(_WORD_END)] if ends_word else entry
+        # every entry of a byte-level vocabulary is stand-in symbols; anything else is kept as its own text
+        data = b"".join(bytes([_BYTE_OF_SYMBOL[c]]) if c in _BYTE_OF_SYMBOL else c.encode() for c in symbols)
+        text = self._utf8.decode(data, final=ends_word)
+        if ends_word:
+            self._utf8.reset()
+        return text, ends_word
 
 
 def layout_tokenizer(clip, tokens: dict):
@@ -29,15 +68,11 @@ def layout_tokenizer(clip, tokens: dict):
     )
 
 
-def _piece_text(tok, token: int) -> str:
-    piece = tok.inv_vocab.get(token, "")
-    return piece[: -len(_WORD_END)] if piece.endswith(_WORD_END) else piece
-
-
 def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
     """Positions of one encoded prompt. `tokens` is what `clip.tokenize(text)` returned."""
     key, tok = layout_tokenizer(clip, tokens)
     pieces: list[TokenPiece] = []
+    word_text = _WordText()  # one stream over the chunks: a long word may continue in the next chunk
     for chunk in tokens[key]:
         ids = [t[0] for t in chunk]
         content_done = False
@@ -54,8 +89,8 @@ def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
                 nxt = ids[i + 1] if i + 1 < len(ids) else None
                 pieces.append(TokenPiece(-1, WORD, "<embedding>", not isinstance(nxt, torch.Tensor)))
             else:
-                raw = tok.inv_vocab.get(int(token), "")
-                pieces.append(TokenPiece(int(token), WORD, _piece_text(tok, int(token)), raw.endswith(_WORD_END)))
+                piece_text, ends_word = word_text.piece(tok.inv_vocab.get(int(token), ""))
+                pieces.append(TokenPiece(int(token), WORD, piece_text, ends_word))
     return PromptTokens(text, tuple(pieces), chunk_length=len(tokens[key][0]))
 
 
@@ -65,10 +100,11 @@ def word_splitter(clip, tokens: dict) -> Callable[[str], list[str]]:
     hf = tok.tokenizer
 
     def split(phrase: str) -> list[str]:
-        words, current = [], ""
+        words, current, word_text = [], "", _WordText()
         for token in hf(phrase)["input_ids"][tok.tokens_start : -1]:
-            current += _piece_text(tok, token)
-            if tok.inv_vocab.get(token, "").endswith(_WORD_END):
+            piece_text, ends_word = word_text.piece(tok.inv_vocab.get(token, ""))
+            current += piece_text
+            if ends_word:
                 words.append(current)
                 current = ""
         if current:

@@ -7,6 +7,7 @@ item, not one map per layer and step, unless per-step maps are asked for.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -126,11 +127,12 @@ class AttentionCapture:
 
 
 def prompt_words(tokens: PromptTokens) -> list[tuple[str, ...]]:
-    """The distinct words of a prompt in order, lower-cased, punctuation left out; each a 1-word phrase."""
+    """The distinct words of a prompt in order, lower-cased, punctuation left out (emoji kept); each a 1-word
+    phrase."""
     seen: dict[str, None] = {}
     for word in tokens.words:
         text = word.text.lower()
-        if any(ch.isalnum() for ch in text):
+        if not all(unicodedata.category(ch).startswith("P") for ch in text):  # punctuation only: skipped
             seen.setdefault(text)
     return [(w,) for w in seen]
 

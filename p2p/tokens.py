@@ -26,7 +26,8 @@ class TokenPiece:
 
     token: int  # vocabulary id; -1 for a textual-inversion embedding vector
     role: str  # START | WORD | END | PAD
-    text: str = ""  # the text this token spells (word tokens only), lower case
+    text: str = ""  # the characters this token completes (word tokens only), lower case; a character
+    # split over several tokens belongs to its last one, so a word's pieces join to its text
     ends_word: bool = False  # the last token of a word
 
     def __post_init__(self):

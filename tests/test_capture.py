@@ -130,3 +130,11 @@ def test_a_second_pass_within_one_evaluation_adds_nothing_to_the_maps():
     second, changed = run.cross_attention(torch.randn(2, 6, 8), k, v, call, vanilla_attention)
     assert changed == (1,)  # still injected
     torch.testing.assert_close(run.capture.result().cross[0], probabilities(q[0], k[0], HEADS).mean(0).reshape(2, 3, L))
+
+
+def test_default_words_keep_emoji_and_leave_out_punctuation():
+    pieces = (TokenPiece(0, "start"), TokenPiece(10, "word", "a", True), TokenPiece(11, "word", "🐱", True),
+              TokenPiece(12, "word", ",", True), TokenPiece(13, "word", "café", True),
+              TokenPiece(14, "word", "!", True), TokenPiece(1, "end"), TokenPiece(1, "pad"))
+    tokens = PromptTokens("a 🐱, café!", pieces, chunk_length=8)
+    assert prompt_words(tokens) == [("a",), ("🐱",), ("café",)]
