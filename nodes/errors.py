@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from ..p2p import P2PError
 
-__all__ = ["input_error", "node_input"]
+__all__ = ["input_error", "node_input", "check_schedule"]
 
 
 def input_error(node: str, input_name: str, message: str) -> ValueError:
@@ -20,3 +20,10 @@ def node_input(node: str, input_name: str):
         yield
     except P2PError as e:
         raise input_error(node, input_name, str(e)) from None
+
+
+def check_schedule(node: str, sigmas, scheduler: str, steps: int) -> None:
+    """Refuse a schedule with NaN or infinite noise levels (kl_optimal at 1 step), which would give a NaN picture."""
+    if not bool(sigmas.isfinite().all()):
+        raise input_error(node, "scheduler", f"'{scheduler}' gives no usable noise levels for {steps} steps; "
+                          "use more steps or another scheduler")

@@ -11,6 +11,7 @@ can use.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ import torch
 from ..p2p import P2PError
 from ..p2p.inversion import METHODS, Inversion, ddim_inversion, ddim_step, null_text_inversion
 from .bundle import P2P_EDIT, EditBundle
-from .errors import input_error
+from .errors import check_schedule, input_error
+from .host_version import require_supported_host
 from .unet import UnsupportedModel, attention_sites
 
 __all__ = ["P2P_INVERSION", "InversionBundle", "P2PInvert", "P2PSaveInversion", "P2PLoadInversion",
-           "deterministic_samplers", "NullContextPatch", "crop_to_fit"]
+           "deterministic_samplers", "NullContextPatch", "null_text_negative", "crop_to_fit", "latent_multiple"]
 
 P2P_INVERSION = "P2P_INVERSION"
 FOLDER = "p2p_inversions"
@@ -45,6 +47,7 @@ class InversionBundle:
     latent_channels: int
     passes: int = 0  # UNet passes per latent the inversion took (a backward pass counts as one)
     seconds: float = 0.0
+    latent_format: str = ""  # the model's latent format (ComfyUI's class name, "SD15", "SDXL"); "" if unknown
 
 
 def deterministic_samplers() -> list[str]:
@@ -72,17 +75,25 @@ def crop_to_fit(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return image[:, top : top + new_h, left : left + new_w, :]
 
 
-def _size_multiple(model, vae) -> int:
+def latent_multiple(model) -> int:
+    """The model's latent size step: its UNet halves the latent once per level but the last."""
     levels = len(model.model.model_config.unet_config.get("channel_mult", (1, 2, 4, 4)))
-    return int(vae.downscale_ratio) * 2 ** (levels - 1)
+    return 2 ** (levels - 1)
+
+
+def _size_multiple(model, vae) -> int:
+    return int(vae.downscale_ratio) * latent_multiple(model)
 
 
 class NullContextPatch:
     """attn2 patch: the unconditional rows attend to the current null-text context instead of the negative
-    prompt's. `context` is set per step (and, while optimising, is a tensor with gradients)."""
+    prompt's. `context` is set per step (and, while optimising, is a tensor with gradients). A context it
+    cannot replace (another patch on the model reshaped it) is an error of `node`'s model: passing it through
+    would silently drop the inversion's optimisation."""
 
-    def __init__(self):
+    def __init__(self, node: str):
         self.context: torch.Tensor | None = None  # [T, D]
+        self.node = node
 
     def __deepcopy__(self, memo):
         return self  # model_options are copied per sampling run; the patch must stay one object
@@ -94,11 +105,27 @@ class NullContextPatch:
         size = context.shape[0] // len(chunks)
         rows = [r for i, c in enumerate(chunks) if c == 1 for r in range(i * size, (i + 1) * size)]
         null = self.context.to(context)
-        null = null.repeat(context.shape[1] // null.shape[0], 1) if context.shape[1] % null.shape[0] == 0 else null
-        if null.shape != context.shape[1:]:
-            return n, context, value
+        tokens, width = context.shape[1:]
+        if width != null.shape[1] or tokens % null.shape[0]:
+            raise input_error(self.node, "model", f"the null-text inversion's unconditional contexts "
+                              f"({null.shape[0]} tokens of width {null.shape[1]}) do not fit this model's "
+                              f"cross-attention context ({tokens} tokens of width {width})")
+        null = null.repeat(tokens // null.shape[0], 1)  # ComfyUI pads a batch's contexts by repeating them
         replaced = torch.cat([null[None] if r in rows else context[r : r + 1] for r in range(context.shape[0])])
         return n, replaced, replaced if value is context else value
+
+
+def null_text_negative(negative: list, null_contexts: torch.Tensor) -> list:
+    """The negative CONDITIONING with each entry's text context shaped like the null-text contexts [N, T, D]
+    (the first step's, [1, T, D]) and its other entries (pooled output, SDXL sizes) kept. NullContextPatch
+    replaces that context at every step, so the negative's own text is never used; shaped so, ComfyUI batches
+    it with the prompts at a token length T divides, whatever the length of the negative the sampler got."""
+    return [[null_contexts[0][None].to(cond), extras] for cond, extras in negative]
+
+
+def _require_finite(node: str, input_name: str, tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise input_error(node, input_name, f"{what} NaN or infinite values")
 
 
 class _Progress:
@@ -198,18 +225,23 @@ class P2PInvert:
 
     def invert(self, model, vae, image, negative, steps, cfg, scheduler, method, inner_steps, early_stop,
                learning_rate, edit: EditBundle | None = None, clip=None, source_prompt=""):
+        require_supported_host("P2PInvert")
         node = "P2PInvert"
         started = time.perf_counter()
         try:
             attention_sites(model)
         except UnsupportedModel as e:
             raise input_error(node, "model", str(e)) from None
+        for name, value in (("cfg", cfg), ("early_stop", early_stop), ("learning_rate", learning_rate)):
+            if not math.isfinite(value):
+                raise input_error(node, name, f"is {value}; it must be a finite number")
         positive, prompt = self._source(node, edit, clip, source_prompt)
         if method == "null_text" and cfg == 1.0:
             raise input_error(node, "cfg", "null_text optimises the unconditional prompt, which guidance 1 does not "
                               "use; use direct, or the guidance you will sample with")
         if image.shape[0] != 1:
             raise input_error(node, "image", f"needs one image, got a batch of {image.shape[0]}")
+        _require_finite(node, "image", image, "holds")
         multiple = _size_multiple(model, vae)
         if image.shape[1] < multiple or image.shape[2] < multiple:
             raise input_error(node, "image", f"is {image.shape[2]}x{image.shape[1]}, smaller than this model's "
@@ -219,6 +251,7 @@ class P2PInvert:
         ksampler = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="euler",
                                            scheduler=scheduler, denoise=1.0, model_options=model.model_options)
         sigmas = ksampler.sigmas.cpu()
+        check_schedule(node, sigmas, scheduler, steps)
         progress = _Progress(steps * (2 if method == "null_text" else 1))
         path: dict = {}
 
@@ -229,6 +262,7 @@ class P2PInvert:
         # guidance 1: the conditional prediction alone, as DDIM inversion uses it
         self._run(model, positive, negative, 1.0, latent, sigmas, walk)
         trajectory = path["trajectory"]  # [steps + 1, C, h, w], model space
+        _require_finite(node, "model", trajectory, "predicted")
         passes, null_contexts, reconstruction = steps, None, latent  # direct: the source is the encoded image
         if method == "null_text":
             null_contexts, final, used = self._null_text(model, positive, negative, cfg, latent, sigmas, trajectory,
@@ -247,9 +281,11 @@ class P2PInvert:
             guide_negative = positive if method == "negative_prompt" else negative
             reconstruction = self._run(model, positive, guide_negative, cfg, torch.zeros_like(latent), sigmas, retrace)
             passes += steps * (1 if method == "negative_prompt" or cfg == 1.0 else 2)
+        _require_finite(node, "model", reconstruction, "predicted")
         inversion = Inversion(method, sigmas, trajectory.float().cpu(), float(cfg),
                               None if null_contexts is None else null_contexts.float().cpu())
-        bundle = InversionBundle(inversion, scheduler, prompt, latent.shape[1], passes, time.perf_counter() - started)
+        bundle = InversionBundle(inversion, scheduler, prompt, latent.shape[1], passes, time.perf_counter() - started,
+                                 type(model.model.latent_format).__name__)
         decoded = vae.decode(reconstruction.to(torch.float32))
         return (bundle, decoded[..., :3].clamp(0, 1))
 
@@ -274,7 +310,7 @@ class P2PInvert:
                    learning_rate, progress, steps):
         patched = model.clone()
         _weights_for_autograd(patched)
-        patch = NullContextPatch()
+        patch = NullContextPatch("P2PInvert")
         patched.set_model_attn2_patch(patch)
         null0 = negative[0][0][0]  # [T, D]: the negative prompt's context starts the optimisation
         result: dict = {}
@@ -291,13 +327,16 @@ class P2PInvert:
             result.update(contexts=contexts, final=final, used=used)
             return final
 
-        self._run(patched, positive, negative, cfg, latent, sigmas, optimise)
+        self._run(patched, positive, null_text_negative(negative, null0[None]), cfg, latent, sigmas, optimise)
         return result["contexts"], result["final"], result["used"]
+
+
+PREFIX_LENGTH = 80  # with the counter and extension, well within file systems' 255-byte names
 
 
 def _sanitise(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._")
-    return cleaned[:80] or "inversion"
+    return cleaned[:PREFIX_LENGTH].rstrip("._") or "inversion"
 
 
 class P2PSaveInversion:
@@ -317,23 +356,30 @@ class P2PSaveInversion:
 
     def save(self, inversion: InversionBundle, filename_prefix):
         import folder_paths
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         folder = Path(folder_paths.get_output_directory()) / FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
         prefix = _sanitise(filename_prefix)
-        counter = 1 + max((int(m.group(1)) for p in folder.glob(f"{prefix}_*.safetensors")
-                           if (m := re.fullmatch(rf"{re.escape(prefix)}_(\d+)\.safetensors", p.name))), default=0)
-        path = folder / f"{prefix}_{counter:05d}.safetensors"
         inv = inversion.inversion
         tensors = {"sigmas": inv.sigmas.contiguous(), "trajectory": inv.trajectory.contiguous()}
         if inv.null_contexts is not None:
             tensors["null_contexts"] = inv.null_contexts.contiguous()
         metadata = {"format": "p2p_inversion", "version": FORMAT_VERSION, "method": inv.method, "cfg": repr(inv.cfg),
                     "scheduler": inversion.scheduler, "source_prompt": inversion.source_prompt,
-                    "latent_channels": str(inversion.latent_channels)}
-        save_file(tensors, str(path), metadata=metadata)
-        return {"ui": {"text": [f"{FOLDER}/{path.name}"]}}
+                    "latent_channels": str(inversion.latent_channels), "latent_format": inversion.latent_format}
+        name = f"{prefix}_#####.safetensors"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            counter = 1 + max((int(m.group(1)) for p in folder.glob(f"{prefix}_*.safetensors")
+                               if (m := re.fullmatch(rf"{re.escape(prefix)}_(\d+)\.safetensors", p.name))), default=0)
+            name = f"{prefix}_{counter:05d}.safetensors"
+            save_file(tensors, str(folder / name), metadata=metadata)
+        except (OSError, SafetensorError) as e:  # their messages carry the server's paths
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "the file system refused it"
+            raise input_error("P2PSaveInversion", "filename_prefix", f"cannot write output/{FOLDER}/{name}: "
+                              f"{reason}") from None
+        return {"ui": {"text": [f"{FOLDER}/{name}"]}}
 
 
 class P2PLoadInversion:
@@ -367,20 +413,49 @@ class P2PLoadInversion:
         return True
 
     def load(self, file):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         node = "P2PLoadInversion"
-        path = self._folder() / Path(file).name  # the name only: never a path out of the folder
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "p2p_inversion":
-                raise input_error(node, "file", f"{file} is not a P2P inversion")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        name = Path(file).name  # the name only: never a path out of the folder
+        # safetensors reads tensors and a JSON header only: nothing in the file is ever unpickled or run
         try:
-            inversion = Inversion(meta["method"], tensors["sigmas"], tensors["trajectory"], float(meta["cfg"]),
-                                  tensors.get("null_contexts"))
-        except (KeyError, ValueError, P2PError) as e:
-            raise input_error(node, "file", f"{file} is damaged or from another version: {e}") from None
-        return (InversionBundle(inversion, meta.get("scheduler", ""), meta.get("source_prompt", ""),
-                                int(meta.get("latent_channels", tensors["trajectory"].shape[1]))),)
+            with safe_open(str(self._folder() / name), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "p2p_inversion":
+                    raise input_error(node, "file", f"{name} is not a P2P inversion (P2P Save Inversion makes them)")
+                tensors = {k: f.get_tensor(k) for k in _TENSORS if k in f.keys()}
+        except (OSError, SafetensorError):  # their messages carry the server's paths, or say "header too large"
+            raise input_error(node, "file", f"{name} is not a safetensors file, or it is truncated") from None
+        return (_bundle_from_file(node, name, meta, tensors),)
+
+
+_TENSORS = ("sigmas", "trajectory", "null_contexts")
+
+
+def _bundle_from_file(node: str, name: str, meta: dict, tensors: dict) -> InversionBundle:
+    def damaged(why: str) -> ValueError:
+        return input_error(node, "file", f"{name} is damaged or from another version: {why}")
+
+    if meta.get("version") != FORMAT_VERSION:
+        raise input_error(node, "file", f"{name} has format version {meta.get('version')!r}; this version of the "
+                          f"pack reads version {FORMAT_VERSION}")
+    missing = [k for k in ("method", "cfg") if k not in meta] + [k for k in _TENSORS[:2] if k not in tensors]
+    if missing:
+        raise damaged(f"it has no {', '.join(missing)}")
+    try:
+        cfg = float(meta["cfg"])
+    except ValueError:
+        raise damaged(f"its cfg {meta['cfg'][:40]!r} is not a number") from None
+    # the computation is float32 whatever the file stores; integers are not an inversion's and are refused below
+    tensors = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
+    try:
+        inversion = Inversion(meta["method"][:40], tensors["sigmas"], tensors["trajectory"], cfg,
+                              tensors.get("null_contexts"))
+    except P2PError as e:
+        raise damaged(str(e)) from None
+    channels = inversion.trajectory.shape[1]
+    if meta.get("latent_channels", str(channels)) != str(channels):
+        raise damaged(f"its latent_channels {meta['latent_channels'][:40]!r} are not its trajectory's {channels}")
+    return InversionBundle(inversion, meta.get("scheduler", ""), meta.get("source_prompt", ""), channels,
+                           latent_format=meta.get("latent_format", ""))
 

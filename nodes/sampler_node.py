@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 
 import comfy.model_management
 import comfy.sample
@@ -15,8 +17,10 @@ from comfy.k_diffusion.sampling import BrownianTreeNoiseSampler, default_noise_s
 from ..p2p import AttentionCapture, CaptureSpec, EditRun
 from .attention_nodes import DEFAULT_CAPTURE, P2P_ATTENTION, P2P_CAPTURE, CapturedAttention
 from .bundle import P2P_EDIT, EditBundle
-from .errors import input_error
-from .inversion_nodes import P2P_INVERSION, InversionBundle, NullContextPatch, deterministic_samplers
+from .errors import check_schedule, input_error
+from .host_version import require_supported_host
+from .inversion_nodes import (P2P_INVERSION, InversionBundle, NullContextPatch, deterministic_samplers,
+                              latent_multiple, null_text_negative)
 from .patch import HostRun, install
 from .unet import UnsupportedModel, attention_sites, nearest_downsample
 
@@ -101,7 +105,11 @@ class P2PSampler:
     def sample(self, model, edit: EditBundle, negative, seed, steps, cfg, sampler_name, scheduler, denoise=1.0,
                latent_image=None, inversion: InversionBundle | None = None,
                capture: CaptureSpec | None = DEFAULT_CAPTURE):
+        require_supported_host("P2PSampler")
         node = "P2PSampler"
+        for name, value in (("cfg", cfg), ("denoise", denoise)):
+            if not math.isfinite(value):
+                raise input_error(node, name, f"is {value}; it must be a finite number")
         try:
             sites = attention_sites(model)
         except UnsupportedModel as e:
@@ -118,15 +126,21 @@ class P2PSampler:
         ksampler = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=sampler_name,
                                            scheduler=scheduler, denoise=denoise, model_options=patched.model_options)
         sigmas = ksampler.sigmas
+        check_schedule(node, sigmas, scheduler, steps)
         size = edit.batch.size
         if inversion is not None:
-            self._check_inversion(node, inversion, edit, model, sigmas, cfg, sampler_name, denoise)
+            self._check_inversion(node, inversion, edit, model, sigmas, cfg, sampler_name, scheduler, denoise)
+            # the run's own schedule, which the inversion's matches to the precision its file stored
+            inversion = dataclasses.replace(inversion, inversion=dataclasses.replace(
+                inversion.inversion, sigmas=sigmas.cpu().to(inversion.inversion.sigmas)))
             start = model.model.process_latent_out(inversion.inversion.noise[None].float())
             latents = start.repeat(size, *([1] * (start.ndim - 1)))
             noise = torch.zeros_like(latents)  # the sampler starts exactly at the inverted noise
             latent_image, noise_mask = {"samples": start}, None
             if inversion.inversion.method == "negative_prompt":
                 negative = edit.conditionings[0]  # the source prompt as the negative, for every item
+            elif inversion.inversion.method == "null_text":
+                negative = null_text_negative(negative, inversion.inversion.null_contexts)
         else:
             latent = latent_image["samples"]
             if latent.is_nested or latent.shape[0] != 1:
@@ -153,7 +167,7 @@ class P2PSampler:
         host = HostRun(run, sigmas.tolist(), inversion=None if inversion is None else inversion.inversion)
         install(patched, host, sites)
         if inversion is not None and inversion.inversion.method == "null_text":
-            host.null_patch = NullContextPatch()
+            host.null_patch = NullContextPatch(node)
             patched.set_model_attn2_patch(host.null_patch)
 
         guider = comfy.samplers.CFGGuider(patched)
@@ -174,7 +188,8 @@ class P2PSampler:
         return (out, CapturedAttention(maps, edit.split_words))
 
     @staticmethod
-    def _check_inversion(node, bundle: InversionBundle, edit: EditBundle, model, sigmas, cfg, sampler_name, denoise):
+    def _check_inversion(node, bundle: InversionBundle, edit: EditBundle, model, sigmas, cfg, sampler_name,
+                         scheduler, denoise):
         inv = bundle.inversion
         allowed = deterministic_samplers()
         if sampler_name not in allowed:
@@ -183,16 +198,50 @@ class P2PSampler:
         if denoise != 1.0:
             raise input_error(node, "denoise",
                               "must be 1.0 with an inversion (the inversion covers the whole schedule)")
-        if sigmas.shape != inv.sigmas.shape or not torch.allclose(sigmas.cpu().float(), inv.sigmas.float(), rtol=1e-5):
+        # the model first: an inversion made for another one would otherwise be blamed on the settings in use
+        _, made_channels, height, width = inv.trajectory.shape
+        channels = model.model.latent_format.latent_channels
+        if made_channels != channels:
+            raise input_error(node, "inversion", f"was made with a model of {made_channels} latent channels; "
+                              f"this model has {channels}")
+        latent_format = type(model.model.latent_format).__name__
+        if bundle.latent_format and bundle.latent_format != latent_format:
+            raise input_error(node, "inversion", f"was made with a model whose latents are {bundle.latent_format}'s; "
+                              f"this model's are {latent_format}'s")
+        multiple = latent_multiple(model)
+        if height % multiple or width % multiple:
+            raise input_error(node, "inversion", f"its latent is {width}x{height}, but this model's latent sides are "
+                              f"multiples of {multiple}: it was made with another kind of model")
+        if inv.null_contexts is not None:
+            tokens, context_width = inv.null_contexts.shape[1:]
+            expected = model.model.model_config.unet_config.get("context_dim")
+            if expected is not None and context_width != expected:
+                raise input_error(node, "inversion", f"its null-text contexts are {context_width} wide; this model's "
+                                  f"text contexts are {expected} wide: it was made with another model")
+            chunk = edit.batch.source.chunk_length
+            if tokens % chunk:
+                raise input_error(node, "inversion", f"its null-text contexts have {tokens} tokens, not a whole "
+                                  f"number of the text encoder's {chunk}-token chunks: the file is damaged")
+        if sigmas.shape != inv.sigmas.shape:
             raise input_error(node, "steps", f"the inversion was made with {inv.steps} steps and the "
                               f"'{bundle.scheduler}' scheduler; use the same here")
-        channels = model.model.latent_format.latent_channels
-        if inv.trajectory.shape[1] != channels:
-            raise input_error(node, "inversion", f"was made with a model of {inv.trajectory.shape[1]} latent channels; "
-                              f"this model has {channels}")
+        if not _same_schedule(sigmas.cpu().float(), inv.sigmas):
+            if bundle.scheduler and bundle.scheduler != scheduler:
+                raise input_error(node, "scheduler", f"the inversion was made with the '{bundle.scheduler}' "
+                                  "scheduler; use the same here")
+            raise input_error(node, "inversion", f"was made for another model's noise schedule (its first noise "
+                              f"level is {float(inv.sigmas[0]):.4g}, this model's {float(sigmas[0]):.4g})")
         if bundle.source_prompt and bundle.source_prompt.strip() != edit.source_prompt.strip():
             raise input_error(node, "edit", f'its source prompt "{edit.source_prompt}" is not the one the image was '
                               f'inverted with, "{bundle.source_prompt}"')
         if inv.method == "null_text" and abs(cfg - inv.cfg) > 1e-6:
             raise input_error(node, "cfg", f"must be {inv.cfg:g}, the guidance the null-text inversion was "
                               "optimised for")
+
+
+def _same_schedule(schedule: torch.Tensor, stored: torch.Tensor) -> bool:
+    """The run's schedule is the inversion's, to the precision its file stored it at: a file saved at half
+    precision holds values exact in it."""
+    rtol = next((torch.finfo(dtype).eps for dtype in (torch.bfloat16, torch.float16)
+                 if torch.equal(stored.to(dtype).to(stored), stored)), 1e-5)
+    return torch.allclose(schedule, stored.to(schedule), rtol=rtol)

@@ -45,11 +45,29 @@ class Inversion:
     def __post_init__(self):
         if self.method not in METHODS:
             raise P2PError(f"unknown inversion method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.trajectory.shape[0] != self.sigmas.shape[0]:
-            raise P2PError("an inversion needs one latent per sigma")
-        if self.method == "null_text" and (self.null_contexts is None or
-                                           self.null_contexts.shape[0] != self.steps):
-            raise P2PError("a null-text inversion needs one unconditional context per step")
+        if not math.isfinite(self.cfg):
+            raise P2PError(f"its guidance scale is {self.cfg}, not a finite number")
+        named = {"sigmas": (self.sigmas, 1), "trajectory": (self.trajectory, 4)}
+        if self.method == "null_text" and self.null_contexts is None:
+            raise P2PError("a null-text inversion needs its unconditional contexts")
+        if self.null_contexts is not None:
+            named["null_contexts"] = (self.null_contexts, 3)  # [N, T, D]
+        for name, (tensor, rank) in named.items():
+            if tensor.ndim != rank:
+                raise P2PError(f"its {name} tensor has {tensor.ndim} dimensions instead of {rank}")
+            if not tensor.is_floating_point():
+                raise P2PError(f"its {name} tensor is {tensor.dtype}, not floating point")
+            if not torch.isfinite(tensor).all():
+                raise P2PError(f"its {name} tensor holds NaN or infinite values")
+        sigmas = self.sigmas
+        if sigmas.shape[0] < 2 or sigmas[-1] != 0 or not (sigmas[:-1] > sigmas[1:]).all():
+            raise P2PError("its sigmas are not a noise schedule (descending to 0)")
+        if self.trajectory.shape[0] != sigmas.shape[0]:
+            raise P2PError(f"its trajectory has {self.trajectory.shape[0]} latents for {sigmas.shape[0]} sigmas; "
+                           "an inversion needs one latent per sigma")
+        if self.null_contexts is not None and self.null_contexts.shape[0] != self.steps:
+            raise P2PError(f"its null-text inversion has {self.null_contexts.shape[0]} unconditional contexts for "
+                           f"{self.steps} steps; it needs one per step")
 
     @property
     def steps(self) -> int:

@@ -55,7 +55,7 @@ def demo_graph(method="direct", steps=12, cfg=5.0, sampler="euler", inversion_st
     return g
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return metrics.psnr(a.numpy(), b.numpy(), np.ones(a.shape[:2], bool))
 
 
@@ -68,7 +68,7 @@ def test_direct_source_is_the_inverted_image_exactly(host, pack):
     expected = model.model.process_latent_out(inversion.inversion.trajectory[-1:])[0]
     assert torch.equal(source, expected)  # the end of the path: the encoded image, bit for bit
     image, _ = render(Scene((Obj("circle", "red", "big", 7.0, 12.0, 15.0, None),), "white"))
-    assert _psnr(torch.from_numpy(image), reconstruction[0]) > 60  # a pixel-space VAE loses nothing
+    assert psnr(torch.from_numpy(image), reconstruction[0]) > 60  # a pixel-space VAE loses nothing
     assert inversion.passes == 12  # one plain DDIM inversion
 
 
@@ -82,18 +82,18 @@ def test_methods_round_trip_as_they_promise(host, method, cfg, floor):
     out = host.run(g.prompt(), keep=("decode", "invert"))
     images, (inversion, reconstruction) = out["decode"][0], out["invert"]
     image, _ = render(Scene((Obj("circle", "red", "big", 7.0, 12.0, 15.0, None),), "white"))
-    assert _psnr(torch.from_numpy(image), images[0]) > floor
-    assert _psnr(reconstruction[0], images[0]) > 45
+    assert psnr(torch.from_numpy(image), images[0]) > floor
+    assert psnr(reconstruction[0], images[0]) > 45
     assert inversion.inversion.method == method
 
 
 def test_null_text_beats_ddim_at_the_same_guidance(host):
-    psnr = {}
+    scores = {}
     for method in ("ddim", "null_text"):
         out = host.run(demo_graph(method, cfg=5.0).prompt(), keep=("invert",))
         image, _ = render(Scene((Obj("circle", "red", "big", 7.0, 12.0, 15.0, None),), "white"))
-        psnr[method] = _psnr(torch.from_numpy(image), out["invert"][1][0])
-    assert psnr["null_text"] > psnr["ddim"], psnr
+        scores[method] = psnr(torch.from_numpy(image), out["invert"][1][0])
+    assert scores["null_text"] > scores["ddim"], scores
 
 
 def test_save_then_load_gives_identical_edits(host):
