@@ -102,9 +102,9 @@ def main() -> None:
 
     print(f"\nmachine: {describe(device)}")
     print(f"model: {args.shape} (random weights), {args.size}x{args.size} px, {args.steps} steps, euler, cfg 7.5, "
-          f"capture off; {args.rounds} interleaved rounds, medians\n")
+          f"capture off; {args.rounds} interleaved rounds, medians\npeak memory: {PeakMemory.how(device)}\n")
     ref_t, ref_m = statistics.median(times[configs[0][0]]), statistics.median(memory[configs[0][0]])
-    print("| prompts | s/step | vs equal length | peak memory above idle (MB) | vs equal length |")
+    print("| prompts | s/step | vs equal length | peak tensor memory (MB) | vs equal length |")
     print("|---|---|---|---|---|")
     for name, _ in configs:
         t, m = statistics.median(times[name]), statistics.median(memory[name])

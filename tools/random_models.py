@@ -45,7 +45,7 @@ SHAPES = {
                             transformer_depth=(1, 1, 1, 0), sd1_heads=8, text_width=768, text_layers=12),
     "sdxl-full": ModelShape("sdxl", model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2,
                             transformer_depth=(0, 2, 10), transformer_depth_middle=10, head_channels=64,
-                            text_width=1024, text_layers=2),
+                            text_width=1024, text_layers=3),  # 3: CLIP-L's output is its penultimate layer
 }
 
 
