@@ -6,7 +6,7 @@ COMFYUI_PATH ?= $(CURDIR)/.host/ComfyUI
 export COMFYUI_PATH
 PORT ?= 8188
 
-.PHONY: setup demo test test-fast serve bench clean
+.PHONY: setup demo test test-fast check serve bench clean
 
 setup: .venv/.setup-done
 
@@ -22,6 +22,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser and not slow" tests
+
+check: setup
+	$(PY) -m ruff check .
 
 bench: setup
 	$(PY) -m bench.shapesbench

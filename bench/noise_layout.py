@@ -55,7 +55,7 @@ def main() -> None:
                 first = metrics.object_mask(draw(f"a {c1} {shape} on a {background} background", noise), c1)
                 if metrics.area(first) < MIN_OBJECT:
                     continue
-                for column, colour, start in zip(columns, (c2, c2, c1), (noise, permuted, permuted)):
+                for column, colour, start in zip(columns, (c2, c2, c1), (noise, permuted, permuted), strict=True):
                     image = draw(f"a {colour} {shape} on a {background} background", start)
                     scores[column].append(metrics.iou(first, metrics.object_mask(image, colour)))
         rows.append(f"| {background} | " + " | ".join(f"{np.mean(scores[c]):.3f}" for c in columns)

@@ -288,7 +288,7 @@ def main() -> None:
 
     def ratios(name, field):  # each round's ratio to the stock run of the same round
         found, stock = values(name, field), values(stock_name, field)
-        return None if found is None or stock is None else [v / s for v, s in zip(found, stock)]
+        return None if found is None or stock is None else [v / s for v, s in zip(found, stock, strict=True)]
 
     print(f"\n{header}\n{args.rounds} rounds (configurations rotated each round) after an uncounted warm-up; "
           f"median (min-max); vs stock: median of each round's ratio to the stock run of the same round; "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -25,7 +25,7 @@ class EditBundle:
     def source_prompt(self) -> str:
         return self.batch.source.text
 
-    def with_batch(self, batch: EditBatch, conditioning=None) -> "EditBundle":
+    def with_batch(self, batch: EditBatch, conditioning=None) -> EditBundle:
         conds = self.conditionings if conditioning is None else self.conditionings + (conditioning,)
         return dataclasses.replace(self, batch=batch, conditionings=conds)
 

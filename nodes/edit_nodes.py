@@ -6,8 +6,17 @@ import logging
 
 import torch
 
-from ..p2p import (MODES, REWEIGHT_RANGE, EditBatch, LocalBlend, P2PError, make_edit, parse_phrases, parse_schedule,
-                   parse_weights)
+from ..p2p import (
+    MODES,
+    REWEIGHT_RANGE,
+    EditBatch,
+    LocalBlend,
+    P2PError,
+    make_edit,
+    parse_phrases,
+    parse_schedule,
+    parse_weights,
+)
 from ..p2p.spec import fraction
 from .bundle import P2P_EDIT, EditBundle
 from .errors import input_error, node_input

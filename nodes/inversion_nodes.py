@@ -15,6 +15,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import comfy.model_management
@@ -273,7 +274,7 @@ class P2PInvert:
             def retrace(denoise, x, sigma_schedule):
                 levels = [float(s) for s in sigma_schedule]
                 x = trajectory[0:1].to(x)
-                for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+                for sigma, sigma_next in pairwise(levels):
                     x = ddim_step(x, denoise(x, sigma), sigma, sigma_next)
                 return x
 
@@ -423,7 +424,8 @@ class P2PLoadInversion:
                 meta = f.metadata() or {}
                 if meta.get("format") != "p2p_inversion":
                     raise input_error(node, "file", f"{name} is not a P2P inversion (P2P Save Inversion makes them)")
-                tensors = {k: f.get_tensor(k) for k in _TENSORS if k in f.keys()}
+                stored = set(f.keys())  # safe_open is not a mapping: no `in`
+                tensors = {k: f.get_tensor(k) for k in _TENSORS if k in stored}
         except (OSError, SafetensorError):  # their messages carry the server's paths, or say "header too large"
             raise input_error(node, "file", f"{name} is not a safetensors file, or it is truncated") from None
         return (_bundle_from_file(node, name, meta, tensors),)

@@ -19,8 +19,14 @@ from .attention_nodes import DEFAULT_CAPTURE, P2P_ATTENTION, P2P_CAPTURE, Captur
 from .bundle import P2P_EDIT, EditBundle
 from .errors import check_schedule, input_error
 from .host_version import require_supported_host
-from .inversion_nodes import (P2P_INVERSION, InversionBundle, NullContextPatch, deterministic_samplers,
-                              latent_multiple, null_text_negative)
+from .inversion_nodes import (
+    P2P_INVERSION,
+    InversionBundle,
+    NullContextPatch,
+    deterministic_samplers,
+    latent_multiple,
+    null_text_negative,
+)
 from .patch import HostRun, install
 from .unet import UnsupportedModel, attention_sites, nearest_downsample
 

@@ -12,8 +12,8 @@ words are compared and shown as what the user typed (after CLIP's own lower-casi
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Callable
 
 import torch
 

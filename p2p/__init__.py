@@ -5,8 +5,15 @@ Nothing here imports ComfyUI: the host adapter (`nodes/`) translates the host's 
 """
 
 from .align import TokenMapping, global_align, identity_mapping, refine_mapping, replace_mapping
-from .capture import (LAYER_GROUPS, AttentionCapture, AttentionMaps, CaptureSpec, prompt_words, self_components,
-                      word_maps)
+from .capture import (
+    LAYER_GROUPS,
+    AttentionCapture,
+    AttentionMaps,
+    CaptureSpec,
+    prompt_words,
+    self_components,
+    word_maps,
+)
 from .errors import P2PError
 from .local_blend import BlendMaps, blend, blend_mask
 from .runtime import EditRun, LayerCall

@@ -16,8 +16,8 @@ end token and padding onto the wrong source columns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ def replace_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
             f"and the target {len(target.words)}. Use mode 'refine' to add, remove or move words"
         )
     weights = torch.zeros(source.length, target.length)
-    for src_word, tgt_word in zip(source.words, target.words):
+    for src_word, tgt_word in zip(source.words, target.words, strict=True):
         s, t = list(src_word.positions), list(tgt_word.positions)
         if len(s) == len(t):
             weights[s, t] = 1.0

@@ -18,8 +18,8 @@ trajectory[N] is the clean latent and trajectory[0] the noise sampling starts fr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

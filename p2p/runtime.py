@@ -12,14 +12,14 @@ the unconditional branch and the source are never edited.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from .attention import apply_probabilities, mix_cross, probabilities
 from .capture import AttentionCapture
-from .local_blend import SOURCE, SUBTRACT_SOURCE, SUBTRACT_TARGET, TARGET, BlendMaps, blend
+from .local_blend import SOURCE, SUBTRACT_SOURCE, BlendMaps, blend
 from .schedule import step_of_sigma, steps_at
 from .spec import EditBatch
 
@@ -133,7 +133,7 @@ class EditRun:
         """
         total = k.shape[1]
         lengths = {call.source_row: self.batch.source.length}
-        lengths.update({row: e.target.length for row, e in zip(call.edit_rows, self.batch.edits)})
+        lengths.update({row: e.target.length for row, e in zip(call.edit_rows, self.batch.edits, strict=True)})
         trimmed = {row: n for row, n in lengths.items() if total % n}
         if not trimmed:
             return attend(q, k, v), ()

@@ -7,8 +7,8 @@ beside the source in the same sampling run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -118,7 +118,7 @@ class Edit:
             eq[position] *= weight
         return eq
 
-    def reweighted(self, entries: Sequence[tuple[Sequence[str], float]]) -> "Edit":
+    def reweighted(self, entries: Sequence[tuple[Sequence[str], float]]) -> Edit:
         """Multiply the attention of each phrase's words (of the target) by its weight.
 
         A word named twice in one call is refused (`phrase_positions`); separate calls multiply.
@@ -128,19 +128,20 @@ class Edit:
             if not lo <= weight <= hi:  # false for NaN
                 raise P2PError(f"weight {weight} is outside {lo:g}..{hi:g}")
         located = phrase_positions(self.target, [phrase for phrase, _ in entries])
-        added = tuple((p, float(weight)) for positions, (_, weight) in zip(located, entries) for p in positions)
+        added = tuple((p, float(weight))
+                      for positions, (_, weight) in zip(located, entries, strict=True) for p in positions)
         return dataclasses.replace(self, weights=self.weights + added)
 
-    def scheduled(self, entries: Sequence[tuple[Sequence[str], Window]]) -> "Edit":
+    def scheduled(self, entries: Sequence[tuple[Sequence[str], Window]]) -> Edit:
         """Give each phrase's words (of the target) their own cross-attention window, overriding `cross_window`.
 
         A word named twice in one call is refused (`phrase_positions`).
         """
         located = phrase_positions(self.target, [phrase for phrase, _ in entries])
-        added = tuple((p, window) for positions, (_, window) in zip(located, entries) for p in positions)
+        added = tuple((p, window) for positions, (_, window) in zip(located, entries, strict=True) for p in positions)
         return dataclasses.replace(self, word_windows=self.word_windows + added)
 
-    def blended(self, blend: LocalBlend) -> "Edit":
+    def blended(self, blend: LocalBlend) -> Edit:
         return dataclasses.replace(self, local_blend=blend)
 
 
@@ -158,10 +159,10 @@ class EditBatch:
         """Latent batch size: the source and each edit."""
         return 1 + len(self.edits)
 
-    def with_edit(self, edit: Edit) -> "EditBatch":
+    def with_edit(self, edit: Edit) -> EditBatch:
         return dataclasses.replace(self, edits=self.edits + (edit,))
 
-    def with_last(self, edit: Edit) -> "EditBatch":
+    def with_last(self, edit: Edit) -> EditBatch:
         return dataclasses.replace(self, edits=self.edits[:-1] + (edit,))
 
 

@@ -9,8 +9,8 @@ of text it carries, and groups the prompt's tokens into words (a word may span s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .errors import P2PError
 

@@ -81,7 +81,7 @@ def native_bf16() -> bool:
 def init_for_training(module: torch.nn.Module, seed: int) -> None:
     """PyTorch's default initialisation (ComfyUI's layers skip it), zero-initialised output projections."""
     torch.manual_seed(seed)
-    for name, m in module.named_modules():
+    for m in module.modules():
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             torch.nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
             if m.bias is not None:
@@ -231,7 +231,7 @@ def main() -> None:
         with torch.no_grad():
             decay = min(args.ema, (1 + step) / (10 + step))
             for ema, live in ((ema_unet, unet), (ema_text, text)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
+                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
                     pe.lerp_(pl, 1 - decay)
         if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - started

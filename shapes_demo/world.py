@@ -69,7 +69,7 @@ class Scene:
     say_background: bool = True
     caption: str = field(default="", compare=False)
 
-    def with_caption(self) -> "Scene":
+    def with_caption(self) -> Scene:
         return replace(self, caption=caption(self))
 
 

@@ -1,11 +1,23 @@
 """Attention capture on synthetic maps with known answers: heads, layers, steps, repeated contexts, words."""
 
 import torch
-
-from p2p import (AttentionCapture, CaptureSpec, EditBatch, EditRun, LayerCall, PromptTokens, TokenPiece, Window,
-                 make_edit, prompt_words, self_components, word_maps)
-from p2p.attention import probabilities
 from test_engine_math import HEADS, fake_prompt, vanilla_attention
+
+from p2p import (
+    AttentionCapture,
+    CaptureSpec,
+    EditBatch,
+    EditRun,
+    LayerCall,
+    PromptTokens,
+    TokenPiece,
+    Window,
+    make_edit,
+    prompt_words,
+    self_components,
+    word_maps,
+)
+from p2p.attention import probabilities
 
 
 def _capture(prompts, num_steps=4, **spec):

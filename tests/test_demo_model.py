@@ -5,7 +5,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from shapes_demo import metrics
@@ -21,7 +20,7 @@ def test_world_masks_are_exact():
         scene = sample_scene(random.Random(seed))
         image, masks = render(scene)
         assert image.shape == (SIZE, SIZE, 3) and len(masks) == len(scene.objects)
-        for obj, mask in zip(scene.objects, masks):
+        for obj, mask in zip(scene.objects, masks, strict=True):
             assert mask.sum() > 0
             colored = metrics.color_mask(image, obj.color)
             assert metrics.iou(colored & ~metrics.dilate(~mask, 1), mask & ~metrics.dilate(~mask, 1)) > 0.95
@@ -113,7 +112,7 @@ def test_grounding_targets_follow_the_caption_and_the_masks(host):
         scene = sample_scene(random.Random(seed))
         ids = token_ids(clip, scene.caption)
         groups = token_groups(scene, lambda text: word_token_count(clip, text))
-        for obj, group in zip(scene.objects, groups):
+        for obj, group in zip(scene.objects, groups[:-1], strict=True):  # the last group is the background
             words = [w.removesuffix("</w>") for w in decode([ids[i] for i in group])]
             assert words[0] in ("a", "an") and obj.color in words and words[words.index(obj.color) + 1] == obj.shape
             if obj.say_position and obj.position is not None:

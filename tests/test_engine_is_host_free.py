@@ -6,7 +6,7 @@ from pathlib import Path
 HOST_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "nodes", "server",
                 "execution", "node_helpers", "latent_preview"}
 ALLOWED_ROOTS = {"torch", "math", "re", "dataclasses", "typing", "__future__", "contextlib", "functools", "fractions",
-                 "unicodedata"}
+                 "unicodedata", "collections"}
 
 ENGINE = Path(__file__).resolve().parents[1] / "p2p"
 

@@ -142,7 +142,7 @@ def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, render
     assert _canvas_pixels(page) != source_view
 
     # the view is not part of the saved workflow or of the queued prompt, and no other node has it
-    saved = page.evaluate(f"() => window.app.graph.serialize().nodes.find(n => n.type === 'P2PAttentionMaps')")
+    saved = page.evaluate("() => window.app.graph.serialize().nodes.find(n => n.type === 'P2PAttentionMaps')")
     assert len(saved["widgets_values"]) == 3  # item, components, words
     queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     (maps_inputs,) = [n["inputs"] for n in queued.values() if n["class_type"] == "P2PAttentionMaps"]

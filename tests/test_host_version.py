@@ -8,9 +8,9 @@ import logging
 import sys
 
 import pytest
-from p2p_graphs import p2p_graph
 from test_inversion import NULL_TEXT, RenderedScene, demo_graph
 
+from p2p_graphs import p2p_graph
 from tools.host import ROOT, HostError
 
 OLD = "0.3.52"  # the last release reported broken: its attention rejects transformer_options

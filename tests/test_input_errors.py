@@ -160,8 +160,8 @@ def test_two_reweight_nodes_multiply(host):
 
 # -- 6. per-step rows of a long prompt ------------------------------------------------------------------------
 
-WORDS = ("red green blue circle square star moon sun tree house river lake hill road cloud bird fish boat "
-         "cat dog horse car train lamp").split()
+WORDS = ["red", "green", "blue", "circle", "square", "star", "moon", "sun", "tree", "house", "river", "lake",
+         "hill", "road", "cloud", "bird", "fish", "boat", "cat", "dog", "horse", "car", "train", "lamp"]
 
 
 def test_per_step_rows_of_many_words_are_capped(host, pack, caplog):

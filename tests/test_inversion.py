@@ -78,7 +78,7 @@ def test_methods_round_trip_as_they_promise(host, method, cfg, floor):
     """The source item regenerates the image (within the method's tolerance), and the reconstruction that
     P2PInvert previews is what P2PSampler regenerates."""
     g = demo_graph(method, cfg=cfg)
-    decode = g.node("VAEDecode", "decode", samples=g.nodes["p2p"].out(0), vae=g.nodes["model"].out(2))
+    g.node("VAEDecode", "decode", samples=g.nodes["p2p"].out(0), vae=g.nodes["model"].out(2))
     out = host.run(g.prompt(), keep=("decode", "invert"))
     images, (inversion, reconstruction) = out["decode"][0], out["invert"]
     image, _ = render(Scene((Obj("circle", "red", "big", 7.0, 12.0, 15.0, None),), "white"))

@@ -71,7 +71,7 @@ def saved(host, folder):
     name = [e for e in host.server.of("executed") if e["node"] == "save"][0]["output"]["text"][0].split("/")[1]
     path = folder / name
     with safe_open(str(path), framework="pt") as f:
-        result = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        result = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 (safe_open is not a mapping)
     path.unlink()
     return result
 

@@ -1,9 +1,10 @@
 """The inversion arithmetic on an analytic model: Gaussian data, whose exact denoiser is known."""
 
+from itertools import pairwise
+
 import torch
 
-from p2p.inversion import (Inversion, ddim_inversion, ddim_step, landing_prediction, null_text_inversion,
-                           trajectory_at)
+from p2p.inversion import Inversion, ddim_inversion, ddim_step, landing_prediction, null_text_inversion, trajectory_at
 
 DATA_STD = 0.7
 
@@ -22,7 +23,7 @@ def schedule(steps, top=20.0, bottom=0.02):
 
 def sample(denoise, x, sigmas):
     levels = [float(s) for s in sigmas]
-    for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+    for sigma, sigma_next in pairwise(levels):
         x = ddim_step(x, denoise(x, sigma), sigma, sigma_next)
     return x
 
@@ -75,7 +76,7 @@ def test_null_text_retraces_the_path_that_plain_guidance_leaves():
     def guided(context_of_step):
         levels = [float(s) for s in sigmas]
         x = path[0:1]
-        for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
+        for i, (sigma, sigma_next) in enumerate(pairwise(levels)):
             u = uncond(x, sigma, context_of_step(i))
             x = ddim_step(x, u + 5.0 * (cond(x, sigma) - u), sigma, sigma_next)
         return x

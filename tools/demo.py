@@ -44,7 +44,7 @@ def main() -> None:
 
     names = ["source"] + [f"edit_{i}" for i in range(1, images.shape[0])]
     pixels = [(img.clamp(0, 1).numpy() * 255).round().astype(np.uint8) for img in images]
-    for name, array in zip(names, pixels):
+    for name, array in zip(names, pixels, strict=True):
         Image.fromarray(array).save(out_dir / f"{name}.png")
     Image.fromarray(np.concatenate(pixels, axis=1)).save(out_dir / "comparison.png")
     edits = [n for n in prompt.values() if n["class_type"] == "P2PEditSpec"]

@@ -44,7 +44,7 @@ def running_server(settings: dict | None = None, timeout: float = 120.0, log_pat
     user.mkdir(parents=True)
     (user / "comfy.settings.json").write_text(json.dumps({**SETTINGS, **(settings or {})}))
     port = free_port()
-    log = open(log_path or base / "server.log", "w")
+    log = open(log_path or base / "server.log", "w")  # noqa: SIM115 (the server writes to it until it stops)
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--base-directory", str(base), "--disable-metadata"],
