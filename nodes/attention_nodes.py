@@ -15,7 +15,7 @@ from PIL import Image
 from ..p2p import LAYER_GROUPS, AttentionMaps, CaptureSpec, P2PError, Window, self_components, word_maps
 from ..p2p.text_inputs import parse_phrases
 from .errors import input_error, node_input
-from .heatmap_render import colorize, grid, overlay, upsample
+from .heatmap_render import colorize, colour_map_rgb255, grid, overlay, upsample
 
 __all__ = ["P2P_CAPTURE", "P2P_ATTENTION", "CapturedAttention", "P2PAttentionCapture", "P2PAttentionMaps",
            "DEFAULT_CAPTURE"]
@@ -198,6 +198,7 @@ class P2PAttentionMaps:
             "map_size": list(maps.spatial),
             "steps": [maps.steps[0] + 1, maps.steps[-1] + 1],
             "layers": maps.layer_count,
+            "colour_map": colour_map_rgb255(),
         }]}
         return {"ui": ui, "result": (grid(rows), grid([comp_row]))}
 

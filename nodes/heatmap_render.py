@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "overlay", "grid", "upsample"]
+__all__ = ["colorize", "colour_map_rgb255", "overlay", "grid", "upsample"]
 
 # Anchors of a perceptual dark-to-bright colour map (inferno-like): value 0..1 -> RGB 0..1.
 _ANCHORS = np.array([
@@ -18,6 +18,12 @@ _ANCHORS = np.array([
 ])
 LABEL_HEIGHT = 18
 MIN_TILE = 192  # pixels: small pictures are scaled up (nearest) so labels and maps stay readable
+
+
+def colour_map_rgb255() -> list[list[float]]:
+    """The colour map's anchors as [value, r, g, b] with channels in 0..255: what the frontend's heatmap view
+    draws with, sent with the maps so that the node's image and the view share this one definition."""
+    return [[float(a[0]), *(round(float(c) * 255) for c in a[1:])] for a in _ANCHORS]
 
 
 def colorize(values: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Attention capture and P2P Attention Maps through ComfyUI's own executor (tiny random SD1.5-shaped model)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,7 +84,7 @@ def _maps_graph(words="", item=1, decode=True, blend=False):
     return g, view
 
 
-def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host):
+def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host, pack):
     g, _ = _maps_graph(words="circle, blue")
     out = host.run(g.prompt())
     heatmaps, components = out["view"]
@@ -98,6 +99,10 @@ def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host):
     heat = data["items"][1]["maps"][1]
     assert (heat["h"], heat["w"]) == (4, 4) and max(heat["values"]) == 1.0
     assert (host.base_dir / "temp" / data["items"][0]["image"]["filename"]).is_file()
+    # the view's colour map comes with the maps: the anchors of the node's own image output, in 0..255
+    anchors = np.array(data["colour_map"])
+    assert anchors.shape[1] == 4 and anchors[0, 0] == 0.0 and anchors[-1, 0] == 1.0
+    assert np.abs(pack.nodes.heatmap_render.colorize(anchors[None, :, 0]) * 255 - anchors[None, :, 1:]).max() <= 0.5
 
 
 def test_a_blended_edit_shows_its_mask(host):

@@ -137,6 +137,14 @@ def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, render
     source_view = _canvas_pixels(page)
     assert source_view != second
 
+    # the colour map is the one the node sends with its maps, not a copy in the script
+    page.evaluate(f"""() => {{
+        const view = {VIEW}.p2pAttentionView;
+        view.data = {{...view.data, colour_map: [[0, 0, 255, 0], [1, 0, 255, 0]]}};
+        view.draw();
+    }}""")
+    assert _canvas_pixels(page) != source_view, "the view ignores the colour map sent with the maps"
+
     page.locator(".p2p-attention .p2p-opacity").first.fill("0")
     _wait_for_draw(page, draws)
     assert _canvas_pixels(page) != source_view

@@ -6,22 +6,19 @@ import { api } from "../../scripts/api.js";
 
 const NODE = "P2PAttentionMaps";
 const STOPWORDS = new Set(["a", "an", "the", "and", "on", "in", "at", "of", "with", "to"]);
-// Dark-to-bright colour map anchors (value, r, g, b), the same as the node's image output.
-const ANCHORS = [
-  [0.0, 0, 0, 5], [0.25, 87, 15, 110], [0.5, 186, 54, 84], [0.75, 250, 140, 10], [1.0, 252, 255, 163],
-];
-
-function colour(v) {
+// v in 0..1 -> [r, g, b] in 0..255 on the colour map the node sends with its maps (anchors [value, r, g, b],
+// the node's own image output uses the same ones), interpolated linearly between anchors.
+function colour(v, anchors) {
   v = Math.min(1, Math.max(0, v));
-  for (let i = 1; i < ANCHORS.length; i++) {
-    const [x1, ...c1] = ANCHORS[i];
-    const [x0, ...c0] = ANCHORS[i - 1];
+  for (let i = 1; i < anchors.length; i++) {
+    const [x1, ...c1] = anchors[i];
+    const [x0, ...c0] = anchors[i - 1];
     if (v <= x1) {
       const t = (v - x0) / (x1 - x0);
       return c0.map((c, k) => Math.round(c + t * (c1[k] - c)));
     }
   }
-  return ANCHORS[ANCHORS.length - 1].slice(1);
+  return anchors[anchors.length - 1].slice(1);
 }
 
 function element(tag, style = {}, props = {}) {
@@ -157,7 +154,8 @@ class HeatmapView {
       const pixels = sctx.createImageData(heat.w, heat.h);
       heat.values.forEach((v, j) => {
         // weakly attended pixels stay transparent, so the picture shows through where the word is not
-        pixels.data.set([...colour(v), Math.round(255 * this.opacity * Math.min(1, 1.5 * v))], j * 4);
+        const alpha = Math.round(255 * this.opacity * Math.min(1, 1.5 * v));
+        pixels.data.set([...colour(v, data.colour_map), alpha], j * 4);
       });
       sctx.putImageData(pixels, 0, 0);
       ctx.imageSmoothingEnabled = true; // bilinear, as the paper's upsampled maps
