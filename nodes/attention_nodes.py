@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..p2p import LAYER_GROUPS, AttentionMaps, CaptureSpec, P2PError, Window, se
 from ..p2p.text_inputs import parse_phrases
 from .errors import input_error, node_input
 from .heatmap_render import colorize, colour_map_rgb255, grid, overlay, upsample
+from .tokenize import WordSplitter
 
 __all__ = ["P2P_CAPTURE", "P2P_ATTENTION", "CapturedAttention", "P2PAttentionCapture", "P2PAttentionMaps",
            "DEFAULT_CAPTURE"]
@@ -37,7 +37,7 @@ class CapturedAttention:
     """P2PSampler's `attention` output: the maps (None when capture was off) and how to split words."""
 
     maps: AttentionMaps | None
-    split_words: Callable[[str], tuple[str, ...]]
+    split_words: WordSplitter
 
 
 class P2PAttentionCapture:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..p2p import EditBatch
+from .tokenize import WordSplitter
 
 __all__ = ["EditBundle", "P2P_EDIT"]
 
@@ -19,7 +19,7 @@ P2P_EDIT = "P2P_EDIT"
 class EditBundle:
     batch: EditBatch
     conditionings: tuple  # CONDITIONING of the source, then of each edit
-    split_words: Callable[[str], list[str]]  # splits a phrase into the prompts' words
+    split_words: WordSplitter
 
     @property
     def source_prompt(self) -> str:

@@ -19,7 +19,9 @@ import torch
 
 from ..p2p import END, PAD, START, WORD, PromptTokens, TokenPiece
 
-__all__ = ["prompt_tokens", "word_splitter", "layout_tokenizer"]
+__all__ = ["prompt_tokens", "word_splitter", "layout_tokenizer", "WordSplitter"]
+
+WordSplitter = Callable[[str], tuple[str, ...]]  # a phrase -> the words the prompts were split into
 
 _WORD_END = "</w>"
 
@@ -94,12 +96,12 @@ def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
     return PromptTokens(text, tuple(pieces), chunk_length=len(tokens[key][0]))
 
 
-def word_splitter(clip, tokens: dict) -> Callable[[str], list[str]]:
+def word_splitter(clip, tokens: dict) -> WordSplitter:
     """A function that splits a phrase into the words the prompts were split into."""
     _, tok = layout_tokenizer(clip, tokens)
     hf = tok.tokenizer
 
-    def split(phrase: str) -> list[str]:
+    def split(phrase: str) -> tuple[str, ...]:
         words, current, word_text = [], "", _WordText()
         for token in hf(phrase)["input_ids"][tok.tokens_start : -1]:
             piece_text, ends_word = word_text.piece(tok.inv_vocab.get(token, ""))
@@ -109,6 +111,6 @@ def word_splitter(clip, tokens: dict) -> Callable[[str], list[str]]:
                 current = ""
         if current:
             words.append(current)
-        return words
+        return tuple(words)
 
     return split

@@ -28,7 +28,7 @@ def test_prompt_words_decode_to_their_text(tokens_of, split_words, word):
     tokens = tokens_of(prompt_with(word))
     assert [w.text for w in tokens.words] == CLIP_WORDS[:2] + [word] + CLIP_WORDS[2:]
     assert tokens.find(split_words(word)) == word_positions(tokens, 1, 3)
-    assert split_words(f"small {word} in") == ["small", word, "in"]
+    assert split_words(f"small {word} in") == ("small", word, "in")
 
 
 @pytest.mark.parametrize("word", WORDS)
