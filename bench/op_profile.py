@@ -20,7 +20,7 @@ import time
 import torch
 
 from .machine import describe
-from .sampler_overhead import split_cond_uncond
+from .sampler_overhead import build_runs
 
 
 def main() -> None:
@@ -36,32 +36,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from tools import host as host_module
-    from tools.random_models import SHAPES, build_clip, build_model
-
-    host_module.start(("--use-pytorch-cross-attention",))
-    import nodes
-    from comfy.patcher_extension import WrappersMP
-
-    pack = host_module.pack_module()
-    model, clip = build_model(SHAPES[args.shape]), build_clip(SHAPES[args.shape])
-    model = model.clone()
-    model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "bench.op_profile", split_cond_uncond)
-    source = "a photo of a cat riding a bicycle"
-    positive = nodes.CLIPTextEncode().encode(clip, source)[0]
-    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-    bundle = pack.nodes.P2PEditSpec().build(clip, source, "a photo of a dog riding a bicycle", "auto", 0.8, 0.4,
-                                            "coarse")[0]
-    side = args.size // 8
-
-    def stock(steps):
-        latents = {"samples": torch.zeros(2, 4, side, side), "batch_index": [0, 0]}
-        nodes.common_ksampler(model, 1, steps, 7.5, "euler", "normal", positive, negative, latents)
-
-    def p2p(steps):
-        pack.nodes.P2PSampler().sample(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
-                                       latent_image={"samples": torch.zeros(1, 4, side, side)}, capture=None)
-
+    _, _, stock, p2p_with, _ = build_runs(args.shape, args.size, edits=1, split=True)
+    p2p = p2p_with(None)
     configs = {"KSampler, 2 latents": stock, "P2PSampler, 1 edit, capture off": p2p}
     totals: dict[str, dict[str, tuple[float, int]]] = {}
     with torch.inference_mode():

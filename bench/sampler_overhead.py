@@ -194,6 +194,49 @@ def spread(values: list[float], digits: int, unit: str = "") -> str:
     return med if len(values) == 1 else f"{med} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def build_runs(shape: str, size: int, edits: int, attention: str = "pytorch", split: bool = False):
+    """Start ComfyUI, build a random-weight model of `shape`, and return (device, model, stock, p2p, default
+    capture):
+    `stock(steps)` runs the stock KSampler on 1+`edits` latents sharing one noise, `p2p(capture)(steps)`
+    P2PSampler with `edits` word swaps on one latent; `split` runs the positive and negative apart."""
+    from tools import host as host_module
+    from tools.random_models import SHAPES, build_clip, build_model
+
+    host_module.start(("--use-pytorch-cross-attention",) if attention == "pytorch" else ())
+    import comfy.model_management
+    import nodes
+    from comfy.patcher_extension import WrappersMP
+
+    pack = host_module.pack_module()
+    device = comfy.model_management.get_torch_device()
+    start = time.perf_counter()
+    model, clip = build_model(SHAPES[shape]), build_clip(SHAPES[shape])
+    print(f"model built in {time.perf_counter() - start:.0f} s", flush=True)
+    if split:
+        model = model.clone()
+        model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "bench.sampler_overhead", split_cond_uncond)
+    source = "a photo of a cat riding a bicycle"
+    positive = nodes.CLIPTextEncode().encode(clip, source)[0]
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    bundle = None
+    for i in range(edits):
+        target = "a photo of a dog riding a bicycle" + (f" {i}" if i else "")
+        bundle = pack.nodes.P2PEditSpec().build(clip, source, target, "auto", 0.8, 0.4, "coarse", previous=bundle)[0]
+    batch, side = 1 + edits, size // 8
+
+    def stock(steps):
+        latents = {"samples": torch.zeros(batch, 4, side, side), "batch_index": [0] * batch}  # one shared noise
+        nodes.common_ksampler(model, 1, steps, 7.5, "euler", "normal", positive, negative, latents)
+
+    def p2p(capture):
+        def go(steps):
+            pack.nodes.P2PSampler().sample(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
+                                           latent_image={"samples": torch.zeros(1, 4, side, side)}, capture=capture)
+        return go
+
+    return device, model, stock, p2p, pack.nodes.attention_nodes.DEFAULT_CAPTURE
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="sd15-full")
@@ -213,46 +256,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from tools import host as host_module
-    from tools.random_models import SHAPES, build_clip, build_model
-
-    host_module.start(("--use-pytorch-cross-attention",) if args.attention == "pytorch" else ())
-    import comfy.model_management
-    import nodes
-    from comfy.patcher_extension import WrappersMP
-
-    pack = host_module.pack_module()
-    device = comfy.model_management.get_torch_device()
-    start = time.perf_counter()
-    model, clip = build_model(SHAPES[args.shape]), build_clip(SHAPES[args.shape])
-    print(f"model built in {time.perf_counter() - start:.0f} s", flush=True)
-    if args.cond_batch == "split":
-        model = model.clone()
-        model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "bench.sampler_overhead", split_cond_uncond)
-    source = "a photo of a cat riding a bicycle"
-    positive = nodes.CLIPTextEncode().encode(clip, source)[0]
-    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-    bundle = None
-    for i in range(args.edits):
-        target = "a photo of a dog riding a bicycle" + (f" {i}" if i else "")
-        bundle = pack.nodes.P2PEditSpec().build(clip, source, target, "auto", 0.8, 0.4, "coarse", previous=bundle)[0]
+    device, model, stock, p2p, default_capture = build_runs(args.shape, args.size, args.edits, args.attention,
+                                                            split=args.cond_batch == "split")
     batch = 1 + args.edits
-    side = args.size // 8
-
-    def stock(steps):
-        latents = {"samples": torch.zeros(batch, 4, side, side), "batch_index": [0] * batch}  # one shared noise
-        nodes.common_ksampler(model, 1, steps, 7.5, "euler", "normal", positive, negative, latents)
-
-    def p2p(capture):
-        def go(steps):
-            pack.nodes.P2PSampler().sample(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
-                                           latent_image={"samples": torch.zeros(1, 4, side, side)}, capture=capture)
-        return go
-
     edits = f"{args.edits} edit{'s' if args.edits > 1 else ''}"
     configs = {f"KSampler, {batch} latents": stock,
                f"P2PSampler, {edits}, capture off": p2p(None),
-               f"P2PSampler, {edits}, default capture": p2p(pack.nodes.attention_nodes.DEFAULT_CAPTURE)}
+               f"P2PSampler, {edits}, default capture": p2p(default_capture)}
     stock_name = next(iter(configs))
     header = (f"machine: {describe(device)}, attention: {args.attention}\n"
               f"model: {args.shape} (random weights), {args.size}x{args.size} px, {args.steps} steps, cfg 7.5, euler, "
