@@ -1,7 +1,11 @@
-"""Prompt-to-Prompt image editing for ComfyUI (Hertz et al., ICLR 2023)."""
+"""Prompt-to-Prompt image editing for ComfyUI (Hertz et al., ICLR 2023).
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+ComfyUI loads the nodes through `comfy_entrypoint` (its V3 extension API). The module defines no
+NODE_CLASS_MAPPINGS: ComfyUI reads those first and would then ignore the entrypoint.
+"""
+
+from .nodes import comfy_entrypoint
 
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -56,7 +56,7 @@ def main() -> None:
     import nodes
 
     pack = host_module.pack_module().nodes
-    model, clip, vae = pack.P2PDemoModel().load()
+    model, clip, vae = pack.P2PDemoModel.execute()
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
     rows = []
     for method in args.methods.split(","):
@@ -64,12 +64,12 @@ def main() -> None:
         for image, mask, source, target, color in scenes(args.scenes):
             with torch.inference_mode():
                 started = time.perf_counter()
-                inversion, _ = pack.P2PInvert().invert(model, vae, torch.from_numpy(image)[None], negative, args.steps,
+                inversion, _ = pack.P2PInvert.execute(model, vae, torch.from_numpy(image)[None], negative, args.steps,
                                                        args.cfg, "normal", method, 10, 1e-5, 1e-2, clip=clip,
                                                        source_prompt=source)
                 seconds = time.perf_counter() - started
-                edit = pack.P2PEditSpec().build(clip, source, target, "auto", 0.8, 0.4, "coarse")[0]
-                latent = pack.P2PSampler().sample(model, edit, negative, 0, args.steps, args.cfg, "euler", "normal",
+                edit = pack.P2PEditSpec.execute(clip, source, target, "auto", 0.8, 0.4, "coarse")[0]
+                latent = pack.P2PSampler.execute(model, edit, negative, 0, args.steps, args.cfg, "euler", "normal",
                                                   1.0, inversion=inversion, capture=None)[0]
                 out = vae.decode(latent["samples"]).float().numpy()
             everywhere = np.ones(mask.shape, bool)

@@ -34,7 +34,7 @@ def prompt_of_chunks(base: str, chunks: int) -> str:
     return words
 
 
-def lcm_positive(self):
+def lcm_positive(self, extras=None):
     """The pack's conditioning before issue #18: every prompt repeated to the lengths' common multiple."""
     firsts = [c[0] for c in self.conditionings]
     length = math.lcm(*(t.shape[1] for t, _ in firsts))
@@ -69,22 +69,22 @@ def main() -> None:
         edit = None
         for i, n in enumerate(chunks[1:]):
             target = prompt_of_chunks(base.replace("red", ("blue", "green")[i % 2]), n)
-            edit = pack.nodes.P2PEditSpec().build(clip, source, target, "refine", 0.8, 0.4, "coarse",
+            edit = pack.nodes.P2PEditSpec.execute(clip, source, target, "refine", 0.8, 0.4, "coarse",
                                                   previous=edit)[0]
         return edit
 
     latent = {"samples": torch.zeros(1, 4, args.size // 8, args.size // 8)}
     equal, coprime = bundle((13, 13, 13)), bundle((7, 11, 13))
-    original = pack.nodes.bundle.EditBundle.positive
+    original = pack.adapter.bundle.EditBundle.positive
 
     def run(edit, conditioning=original):
         def go():
-            pack.nodes.bundle.EditBundle.positive = conditioning
+            pack.adapter.bundle.EditBundle.positive = conditioning
             try:
-                pack.nodes.P2PSampler().sample(model, edit, negative, 1, args.steps, 7.5, "euler", "normal", 1.0,
+                pack.nodes.P2PSampler.execute(model, edit, negative, 1, args.steps, 7.5, "euler", "normal", 1.0,
                                                latent_image=latent, capture=None)
             finally:
-                pack.nodes.bundle.EditBundle.positive = original
+                pack.adapter.bundle.EditBundle.positive = original
         return go
 
     configs = [("3 prompts of 13 chunks (equal length)", run(equal)), ("7, 11 and 13 chunks", run(coprime))]

@@ -74,20 +74,21 @@ class PeakMemory:
 
     def __init__(self, device):
         self.device = torch.device(device)
-        self.mb = self.os_mb = None
+        self.mb: float | None = None
+        self.os_mb: float | None = None
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
+            self.cuda_base = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
             return self
         _release_free_heap()
         try:
             CLEAR_REFS.write_text(RESET_HIGH_WATER_MARK)
-            self.base = _status_kb("VmRSS")
+            self.rss_base: int | None = _status_kb("VmRSS")
         except OSError:  # not Linux, or /proc not writable
-            self.base = None
+            self.rss_base = None
         self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
         self.profiler.__enter__()
         return self
@@ -95,13 +96,18 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base[0]) / 2**20
-            self.os_mb = (torch.cuda.max_memory_reserved(self.device) - self.base[1]) / 2**20
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.cuda_base[0]) / 2**20
+            self.os_mb = (torch.cuda.max_memory_reserved(self.device) - self.cuda_base[1]) / 2**20
             return
         self.profiler.__exit__(*exc)
-        if self.base is not None:
-            self.os_mb = (_status_kb("VmHWM") - self.base) / 2**10
-        changes = sorted((e.start_ns(), e.nbytes()) for e in self.profiler.profiler.kineto_results.events()
+        if self.rss_base is not None:
+            self.os_mb = (_status_kb("VmHWM") - self.rss_base) / 2**10
+        profile = self.profiler.profiler
+        results = None if profile is None else profile.kineto_results
+        if results is None:
+            raise RuntimeError("torch.profiler recorded no Kineto results for the block")
+        # nbytes() exists on _KinetoEvent (torch/csrc/autograd/init.cpp) but is missing from torch's stubs
+        changes = sorted((e.start_ns(), e.nbytes()) for e in results.events()  # ty: ignore[missing-attribute]
                          if e.name() == "[memory]")
         live = peak = 0
         for _, nbytes in changes:
@@ -221,7 +227,7 @@ def build_runs(shape: str, size: int, edits: int, attention: str = "pytorch", sp
     bundle = None
     for i in range(edits):
         target = "a photo of a dog riding a bicycle" + (f" {i}" if i else "")
-        bundle = pack.nodes.P2PEditSpec().build(clip, source, target, "auto", 0.8, 0.4, "coarse", previous=bundle)[0]
+        bundle = pack.nodes.P2PEditSpec.execute(clip, source, target, "auto", 0.8, 0.4, "coarse", previous=bundle)[0]
     batch, side = 1 + edits, size // 8
 
     def stock(steps):
@@ -230,11 +236,11 @@ def build_runs(shape: str, size: int, edits: int, attention: str = "pytorch", sp
 
     def p2p(capture):
         def go(steps):
-            pack.nodes.P2PSampler().sample(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
+            pack.nodes.P2PSampler.execute(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
                                            latent_image={"samples": torch.zeros(1, 4, side, side)}, capture=capture)
         return go
 
-    return device, model, stock, p2p, pack.nodes.attention_nodes.DEFAULT_CAPTURE
+    return device, model, stock, p2p, pack.adapter.attention_view.DEFAULT_CAPTURE
 
 
 def main() -> None:
@@ -319,6 +325,8 @@ def main() -> None:
         median = {field: None if r is None else statistics.median(r) for field, r in found.items()}
         # time on the clock, or the CPU time where other processes make the clock unreliable; tensor memory
         time_ok = min(r for r in (median["wall"], median["cpu"]) if r is not None) <= limit
+        if median["mb"] is None:  # Run.mb is always recorded
+            raise RuntimeError(f"no peak tensor memory ratio for {name}")
         met = time_ok and median["mb"] <= limit
         print(f"target for {name}: at most {limit:.2f}x the stock run: " +
               ", ".join(f"{title} {_fmt(median[field], 2)}x" for field, title, _ in COLUMNS) +

@@ -67,7 +67,7 @@ class Bench:
         self.pack = host_module.pack_module().nodes
         from shapes_demo.model import load
 
-        self.model, self.clip, self.vae = load(weights) if weights else self.pack.P2PDemoModel().load()
+        self.model, self.clip, self.vae = load(weights) if weights else self.pack.P2PDemoModel.execute()
         self.negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
         self.latent = {"samples": torch.zeros(1, 3, SIZE, SIZE)}
         self.steps, self.cfg = steps, cfg
@@ -84,12 +84,12 @@ class Bench:
         args = {"mode": "auto", **self.control, **edit_args}
         edit = None
         for k, target in enumerate(targets):
-            edit = self.pack.P2PEditSpec().build(self.clip, source, target, previous=edit, **args)[0]
+            edit = self.pack.P2PEditSpec.execute(self.clip, source, target, previous=edit, **args)[0]
             if reweights and reweights[k]:
-                edit = self.pack.P2PReweight().reweight(edit, reweights[k])[0]
+                edit = self.pack.P2PReweight.execute(edit, reweights[k])[0]
         if blend:
-            edit = self.pack.P2PLocalBlend().blend(edit, *blend)[0]
-        latent = self.pack.P2PSampler().sample(self.model, edit, self.negative, seed, self.steps, self.cfg, SAMPLER,
+            edit = self.pack.P2PLocalBlend.execute(edit, *blend)[0]
+        latent = self.pack.P2PSampler.execute(self.model, edit, self.negative, seed, self.steps, self.cfg, SAMPLER,
                                                SCHEDULER, 1.0, latent_image=self.latent)[0]
         return self._decode(latent)
 
@@ -155,7 +155,7 @@ def color_swap_two_objects(bench: Bench, scenes: int) -> Result:
 def _shape_of(mask: np.ndarray) -> str:
     """The world shape whose outline, rendered as the world renders it around the mask's centroid with the
     mask's area (searched over small shifts and scales), overlaps the mask best."""
-    cx, cy = metrics.centroid(mask)
+    cx, cy = _centroid(mask)
     factors = {"circle": math.pi, "square": 1.72 ** 2, "triangle": 3 * math.sqrt(3) / 4}  # area / radius^2
     best = {}
     for shape, factor in factors.items():
@@ -165,7 +165,15 @@ def _shape_of(mask: np.ndarray) -> str:
                                      supersample=2)[1][0])
             for k in (0.9, 1.0, 1.1) for dx in (-0.5, 0.0, 0.5) for dy in (-0.5, 0.0, 0.5)
         )
-    return max(best, key=best.get)
+    return max(best, key=best.__getitem__)
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    """`metrics.centroid` of a mask known to hold pixels (callers skip masks under MIN_OBJECT)."""
+    found = metrics.centroid(mask)
+    if found is None:
+        raise ValueError("centroid of an empty mask")
+    return found
 
 
 def shape_swap(bench: Bench, scenes: int) -> Result:
@@ -186,7 +194,7 @@ def shape_swap(bench: Bench, scenes: int) -> Result:
                 result.add(side, "size change", 1.0)
                 result.add(side, "target shape", 0.0)
                 continue
-            (x0, y0), (x1, y1) = metrics.centroid(src_mask), metrics.centroid(mask)
+            (x0, y0), (x1, y1) = _centroid(src_mask), _centroid(mask)
             result.add(side, "centre shift (px)", math.hypot(x1 - x0, y1 - y0))
             result.add(side, "size change", abs(math.log(metrics.area(mask) / metrics.area(src_mask))))
             result.add(side, "target shape", float(_shape_of(mask) == target))

@@ -1,36 +1,34 @@
-"""ComfyUI adapters: thin nodes over the `p2p` engine."""
+"""The pack's nodes (ComfyUI's V3 schema), declarations only: the work is in `adapter` and `p2p`."""
 
-from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps
+from comfy_api.latest import ComfyExtension, io
+
+from ..adapter.host_version import log_if_unsupported
+from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps, P2PGuiderAttention
 from .demo_model import P2PDemoModel
 from .edit_nodes import P2PEditSpec, P2PLocalBlend, P2PReweight
-from .host_version import log_if_unsupported
 from .inversion_nodes import P2PInvert, P2PLoadInversion, P2PSaveInversion
-from .sampler_node import P2PSampler
+from .sampler_nodes import P2PGuider, P2PSampler
 
-log_if_unsupported()
+__all__ = [
+    "NODES", "PromptToPromptExtension", "comfy_entrypoint", "P2PEditSpec", "P2PReweight", "P2PLocalBlend",
+    "P2PSampler", "P2PGuider", "P2PAttentionCapture", "P2PAttentionMaps", "P2PGuiderAttention", "P2PInvert",
+    "P2PSaveInversion", "P2PLoadInversion", "P2PDemoModel",
+]
 
-NODE_CLASS_MAPPINGS = {
-    "P2PEditSpec": P2PEditSpec,
-    "P2PReweight": P2PReweight,
-    "P2PLocalBlend": P2PLocalBlend,
-    "P2PSampler": P2PSampler,
-    "P2PAttentionCapture": P2PAttentionCapture,
-    "P2PAttentionMaps": P2PAttentionMaps,
-    "P2PInvert": P2PInvert,
-    "P2PSaveInversion": P2PSaveInversion,
-    "P2PLoadInversion": P2PLoadInversion,
-    "P2PDemoModel": P2PDemoModel,
-}
+# In the Add Node menu's order
+NODES: list[type[io.ComfyNode]] = [
+    P2PEditSpec, P2PReweight, P2PLocalBlend, P2PSampler, P2PGuider, P2PAttentionCapture, P2PAttentionMaps,
+    P2PGuiderAttention, P2PInvert, P2PSaveInversion, P2PLoadInversion, P2PDemoModel,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "P2PEditSpec": "P2P Edit Spec",
-    "P2PReweight": "P2P Reweight",
-    "P2PLocalBlend": "P2P Local Blend",
-    "P2PSampler": "P2P Sampler",
-    "P2PAttentionCapture": "P2P Attention Capture",
-    "P2PAttentionMaps": "P2P Attention Maps",
-    "P2PInvert": "P2P Invert (real image)",
-    "P2PSaveInversion": "P2P Save Inversion",
-    "P2PLoadInversion": "P2P Load Inversion",
-    "P2PDemoModel": "P2P Demo Model (shapes)",
-}
+
+log_if_unsupported()  # ComfyUI 0.3.75 does not call ComfyExtension.on_load: say it when the pack is imported
+
+
+class PromptToPromptExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> PromptToPromptExtension:
+    return PromptToPromptExtension()

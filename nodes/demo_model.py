@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
+from ..adapter.host_version import require_supported_host
 from ..shapes_demo.model import load
-from .host_version import require_supported_host
+from .sockets import CATEGORY
 
 __all__ = ["P2PDemoModel"]
 
 
-class P2PDemoModel:
-    DESCRIPTION = (
-        "A small text-to-image model trained by this project on 32x32 pictures of coloured shapes (see MODEL.md), "
-        "built from ComfyUI's own classes. Runs in seconds on a CPU. Its words: circle, square, triangle; red, green, "
-        "blue, yellow, purple, orange; small, big; on the left/right, at the top/bottom, in the center; striped; "
-        "on a white/black/gray background. Use 'Empty Chroma Radiance Latent Image' at 32x32 for its latent."
-    )
-    CATEGORY = "prompt_to_prompt"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = (
-        "The UNet (32x32 pixel space).",
-        "Its text encoder, with ComfyUI's SD1 tokenizer.",
-        "A pixel-space VAE: latents are the pixels.",
-    )
-    FUNCTION = "load"
+class P2PDemoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="P2PDemoModel",
+            display_name="P2P Demo Model (shapes)",
+            category=CATEGORY,
+            description="A small text-to-image model trained by this project on 32x32 pictures of coloured shapes "
+            "(see MODEL.md), built from ComfyUI's own classes. Runs in seconds on a CPU. Its words: circle, square, "
+            "triangle; red, green, blue, yellow, purple, orange; small, big; on the left/right, at the top/bottom, "
+            "in the center; striped; on a white/black/gray background. Use 'Empty Chroma Radiance Latent Image' at "
+            "32x32 for its latent.",
+            inputs=[],
+            outputs=[
+                io.Model.Output(tooltip="The UNet (32x32 pixel space)."),
+                io.Clip.Output(tooltip="Its text encoder, with ComfyUI's SD1 tokenizer."),
+                io.Vae.Output(tooltip="A pixel-space VAE: latents are the pixels."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def load(self):
+    def execute(cls) -> io.NodeOutput:
         require_supported_host("P2PDemoModel")
-        return load()
+        return io.NodeOutput(*load())

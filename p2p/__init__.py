@@ -1,7 +1,7 @@
 """Prompt-to-Prompt editing engine (Hertz et al., ICLR 2023), in plain PyTorch.
 
-Nothing here imports ComfyUI: the host adapter (`nodes/`) translates the host's attention calls into
-`LayerCall`s and hands the engine its own attention function.
+Nothing here imports ComfyUI: the host adapter (`adapter/`, which the nodes in `nodes/` call) translates the
+host's attention calls into `LayerCall`s and hands the engine its own attention function.
 """
 
 from .align import TokenMapping, global_align, identity_mapping, refine_mapping, replace_mapping

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import P2PError
 from .schedule import Window
 from .tokens import PromptTokens
 
@@ -103,13 +104,15 @@ class AttentionCapture:
 
     def result(self, blend_masks=()) -> AttentionMaps | None:
         """The averages, on the CPU; None if no layer matched (no step in the window, say)."""
-        if self.spatial is None or any(s is None for s in self.cross_sum):
+        cross_sums = [s for s in self.cross_sum if s is not None]
+        if self.spatial is None or len(cross_sums) != len(self.cross_sum):
             return None
         calls = sum(self.calls.values())
-        cross = tuple((s / calls).cpu() for s in self.cross_sum)
+        cross = tuple((s / calls).cpu() for s in cross_sums)
         self_maps = None
-        if self.spec.self_attention and self.self_calls and all(s is not None for s in self.self_sum):
-            self_maps = tuple((s / self.self_calls).cpu() for s in self.self_sum)
+        self_sums = [s for s in self.self_sum if s is not None]
+        if self.spec.self_attention and self.self_calls and len(self_sums) == len(self.self_sum):
+            self_maps = tuple((s / self.self_calls).cpu() for s in self_sums)
         steps = tuple(sorted(self.calls))
         per_step = None
         if self.spec.per_step:
@@ -144,7 +147,12 @@ def word_maps(
     the summed attention of its tokens over every occurrence, not normalised. `step`: an index into
     `maps.steps`, for per-step maps."""
     tokens = maps.prompts[item]
-    cross = maps.cross[item] if step is None else maps.per_step[item][step]  # [h, w, L]
+    if step is None:
+        cross = maps.cross[item]  # [h, w, L]
+    elif maps.per_step is None:
+        raise P2PError("no per-step maps were captured")
+    else:
+        cross = maps.per_step[item][step]
     chosen = prompt_words(tokens) if phrases is None else phrases
     return [(" ".join(phrase), cross[..., list(tokens.find(phrase))].sum(-1)) for phrase in chosen]
 

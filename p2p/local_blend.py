@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import P2PError
 from .spec import LocalBlend
 
 __all__ = ["BlendMaps", "blend_mask", "blend"]
@@ -59,11 +60,12 @@ def _side_mask(amount: torch.Tensor, size: tuple[int, int], threshold: float, po
 
 def blend_mask(sums: dict[str, torch.Tensor], threshold: float, size: tuple[int, int]) -> torch.Tensor:
     """Union of the pooled source- and target-word masks, minus the unpooled subtract-word masks."""
-    keep = None
-    for side in (SOURCE, TARGET):
-        if side in sums:
-            m = _side_mask(sums[side], size, threshold, pool=True)
-            keep = m if keep is None else keep | m
+    pooled = [_side_mask(sums[side], size, threshold, pool=True) for side in (SOURCE, TARGET) if side in sums]
+    if not pooled:
+        raise P2PError("local blend needs the maps of a source or target word")
+    keep = pooled[0]
+    for m in pooled[1:]:
+        keep = keep | m
     for side in (SUBTRACT_SOURCE, SUBTRACT_TARGET):
         if side in sums:
             keep = keep & ~_side_mask(sums[side], size, threshold, pool=False)

@@ -147,6 +147,7 @@ class EditRun:
             part = attend(q[rows], k[rows, :n], v[rows, :n])  # [len(rows), Nq, H*d]
             out = part.new_empty((q.shape[0], *part.shape[1:])) if out is None else out
             out[rows] = part
+        assert out is not None  # trimmed rows exist, so one group is not empty
         return out, tuple(sorted(trimmed))
 
     def self_attention(
@@ -188,6 +189,8 @@ class EditRun:
 
     def _capture_blend(self, e: int, source_map: torch.Tensor, edit_map: torch.Tensor, spatial: tuple[int, int]):
         maps = self.blend_maps[e]
+        if maps is None:
+            return
         for side, positions in maps.positions().items():
             probs = source_map if side in (SOURCE, SUBTRACT_SOURCE) else edit_map
             amount = probs[:, :, list(positions)].sum(dim=(0, 2))  # [Nq]
@@ -214,12 +217,12 @@ class EditRun:
         for e, maps in enumerate(self.blend_maps):
             if maps is None or not self._blending(e):
                 continue
-            mask = maps.mask(tuple(denoised.shape[-2:]))
+            mask = maps.mask((denoised.shape[-2], denoised.shape[-1]))
             if mask is None:
                 continue
-            self.masks[e] = mask.to(denoised.device)
+            mask = self.masks[e] = mask.to(denoised.device)
             out = denoised.clone() if out is None else out
-            out[e + 1] = blend(denoised[0], denoised[e + 1], self.masks[e])
+            out[e + 1] = blend(denoised[0], denoised[e + 1], mask)
         return denoised if out is None else out
 
     def blend_final(self, latent: torch.Tensor) -> torch.Tensor:

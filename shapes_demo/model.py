@@ -57,7 +57,9 @@ def model_config():
 
     config = comfy.supported_models.SD15(UNET_CONFIG)
     config.unet_config["num_heads"] = UNET_HEADS
-    config.latent_format = comfy.latent_formats.ChromaRadiance()  # 3 channels, identity scaling: pixels
+    # 3 channels, identity scaling: pixels. ComfyUI declares `latent_format` as a class and replaces it with an
+    # instance in BASE.__init__, so an instance is what belongs here; ty reads the class-level declaration.
+    config.latent_format = comfy.latent_formats.ChromaRadiance()  # ty: ignore[invalid-assignment]
     # Zero terminal SNR: at 32x32 pixels the SD1 schedule's last step keeps the noise's mean colour in the
     # picture (a 32x32 image averages too few pixels to hide it); the rescaled schedule lets the model pick it.
     config.sampling_settings = {**config.sampling_settings, "zsnr": True}

@@ -158,7 +158,7 @@ def main() -> None:
     tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 
     sampling = comfy.model_sampling.ModelSamplingDiscrete(model_config())
-    alphas_cumprod = 1.0 / (1.0 + sampling.sigmas.float() ** 2)  # [1000]
+    alphas_cumprod = 1.0 / (1.0 + sampling.get_buffer("sigmas").float() ** 2)  # [1000]
     snr = alphas_cumprod / (1 - alphas_cumprod)
     # Min-SNR-style cap on the low-noise steps only; the high-noise steps, where the prompt decides colours
     # and layout, keep their full weight (the plain min-SNR weight vanishes there under zero terminal SNR).

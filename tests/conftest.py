@@ -18,10 +18,10 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def host():
     from tools import host as host_module
-    from tools.random_models import RandomModelLoader
+    from tools.random_models import RandomControlNetLoader, RandomModelLoader
 
     h = host_module.start()
-    h.register({"RandomModelLoader": RandomModelLoader})
+    h.register({"RandomModelLoader": RandomModelLoader, "RandomControlNetLoader": RandomControlNetLoader})
     return h
 
 
@@ -45,11 +45,11 @@ def tokens_of(pack, sd1_clip):
     """PromptTokens of a prompt, as encoded by ComfyUI's SD1 CLIP tokenizer."""
 
     def make(text, clip=sd1_clip):
-        return pack.nodes.tokenize.prompt_tokens(clip, text, clip.tokenize(text))
+        return pack.adapter.tokenize.prompt_tokens(clip, text, clip.tokenize(text))
 
     return make
 
 
 @pytest.fixture(scope="session")
 def split_words(pack, sd1_clip):
-    return pack.nodes.tokenize.word_splitter(sd1_clip, sd1_clip.tokenize("x"))
+    return pack.adapter.tokenize.word_splitter(sd1_clip, sd1_clip.tokenize("x"))

@@ -147,3 +147,31 @@ class Recorder:
                             else:
                                 m.set_model_attn2_replace(additive, block_name, block_id, index)
         return (m,)
+
+
+def add_sigmas(g, n, kind: str, node_id: str = "sigmas"):
+    """A SIGMAS node for the P2P sampler's steps: `basic` (its scheduler), `karras` (the model's own noise range,
+    as the KSampler's karras scheduler uses it) or `ays` (AlignYourSteps, SD1)."""
+    p2p = n["p2p"].inputs
+    if kind == "basic":
+        return g.node("BasicScheduler", node_id, model=n["model"], scheduler=p2p["scheduler"], steps=p2p["steps"],
+                      denoise=1.0)
+    if kind == "karras":
+        import comfy.model_sampling
+
+        sampling = comfy.model_sampling.ModelSamplingDiscrete()  # SD1's default schedule, the random models'
+        return g.node("KarrasScheduler", node_id, steps=p2p["steps"], sigma_max=float(sampling.sigma_max),
+                      sigma_min=float(sampling.sigma_min), rho=7.0)
+    return g.node("AlignYourStepsScheduler", node_id, model_type="SD1", steps=p2p["steps"], denoise=1.0)
+
+
+def add_guided_run(g, n, sigmas, node_id="guided", latent=None, noise=None, guider=None, **guider_inputs):
+    """SamplerCustomAdvanced with a P2PGuider of the P2P sampler's model, edit, negative, cfg, seed and sampler."""
+    p2p = n["p2p"].inputs
+    if guider is None:
+        guider = g.node("P2PGuider", f"{node_id}_guider", model=p2p["model"], edit=p2p["edit"],
+                        negative=p2p["negative"], cfg=p2p["cfg"], **guider_inputs)
+    noise = noise or g.node("RandomNoise", f"{node_id}_noise", noise_seed=p2p["seed"])
+    sampler = g.node("KSamplerSelect", f"{node_id}_sampler", sampler_name=p2p["sampler_name"])
+    return g.node("SamplerCustomAdvanced", node_id, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                  latent_image=latent or n["latent"])

@@ -35,7 +35,7 @@ def test_default_capture_is_the_papers_choice(host, pack):
     g, n = p2p_graph(steps=5)
     out = host.run(g.prompt(), keep=("p2p", "loader"))
     maps = _maps(out)
-    sites = pack.nodes.unet.attention_sites(out["loader"][0])
+    sites = pack.adapter.unet.attention_sites(out["loader"][0])
     expected_layers = {s.key for s in sites if s.downsample == 4 and s.key[0] in ("input", "output")}
     assert maps.spatial == (4, 4)  # 128 px -> 16x16 latent -> 1/4
     assert maps.steps == tuple(range(5)) and maps.layer_count == len(expected_layers)
@@ -102,7 +102,7 @@ def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host, pack)
     # the view's colour map comes with the maps: the anchors of the node's own image output, in 0..255
     anchors = np.array(data["colour_map"])
     assert anchors.shape[1] == 4 and anchors[0, 0] == 0.0 and anchors[-1, 0] == 1.0
-    assert np.abs(pack.nodes.heatmap_render.colorize(anchors[None, :, 0]) * 255 - anchors[None, :, 1:]).max() <= 0.5
+    assert np.abs(pack.adapter.heatmap_render.colorize(anchors[None, :, 0]) * 255 - anchors[None, :, 1:]).max() <= 0.5
 
 
 def test_a_blended_edit_shows_its_mask(host):

@@ -5,6 +5,7 @@ from test_engine_math import HEADS, fake_prompt, vanilla_attention
 
 from p2p import (
     AttentionCapture,
+    AttentionMaps,
     CaptureSpec,
     EditBatch,
     EditRun,
@@ -22,6 +23,14 @@ from p2p.attention import probabilities
 
 def _capture(prompts, num_steps=4, **spec):
     return AttentionCapture(CaptureSpec(**spec), tuple(prompts), num_steps, downsample=2)
+
+
+def _maps(run: EditRun) -> AttentionMaps:
+    """The maps the run captured (the tests below give every run a capture that matches its layer)."""
+    assert run.capture is not None
+    maps = run.capture.result()
+    assert maps is not None
+    return maps
 
 
 def test_means_over_heads_layers_and_steps():
@@ -61,7 +70,7 @@ def test_repeated_contexts_are_summed_back_to_the_prompt():
     call = LayerCall(source_row=0, edit_rows=(1,), heads=HEADS, spatial=(2, 3), downsample=2, block="input", layer=0)
     run.begin_evaluation(1.0, [1.0, 0.5, 0.2, 0.1, 0.0])
     run.cross_attention(q, k, v, call, vanilla_attention)
-    maps = run.capture.result()
+    maps = _maps(run)
     direct = probabilities(q[0], k_once[0], HEADS).mean(0).reshape(2, 3, L)
     torch.testing.assert_close(maps.cross[0], direct)
     assert maps.cross[1].shape == (2, 3, L)
@@ -77,7 +86,7 @@ def test_edit_maps_are_the_injected_ones():
     call = LayerCall(source_row=0, edit_rows=(1,), heads=HEADS, spatial=(2, 3), downsample=2, block="output", layer=0)
     run.begin_evaluation(1.0, [1.0, 0.5, 0.2, 0.1, 0.0])
     run.cross_attention(q, k, v, call, vanilla_attention)
-    maps = run.capture.result()
+    maps = _maps(run)
     torch.testing.assert_close(maps.cross[1], maps.cross[0])  # a one-to-one swap carries every column over
 
 
@@ -107,7 +116,8 @@ def test_self_maps_of_injected_edits_are_the_source_maps():
     run.begin_evaluation(1.0, [1.0, 0.5, 0.2, 0.1, 0.0])
     run.self_attention(q, k, v, call, vanilla_attention)
     run.cross_attention(q, torch.randn(2, source.length, 8), torch.randn(2, source.length, 8), call, vanilla_attention)
-    maps = run.capture.result()
+    maps = _maps(run)
+    assert maps.self_maps is not None
     expected = probabilities(q[0], k[0], HEADS).mean(0)
     torch.testing.assert_close(maps.self_maps[0], expected)
     torch.testing.assert_close(maps.self_maps[1], expected)
@@ -141,7 +151,7 @@ def test_a_second_pass_within_one_evaluation_adds_nothing_to_the_maps():
     first, _ = run.cross_attention(q, k, v, call, vanilla_attention)
     second, changed = run.cross_attention(torch.randn(2, 6, 8), k, v, call, vanilla_attention)
     assert changed == (1,)  # still injected
-    torch.testing.assert_close(run.capture.result().cross[0], probabilities(q[0], k[0], HEADS).mean(0).reshape(2, 3, L))
+    torch.testing.assert_close(_maps(run).cross[0], probabilities(q[0], k[0], HEADS).mean(0).reshape(2, 3, L))
 
 
 def test_default_words_keep_emoji_and_leave_out_punctuation():

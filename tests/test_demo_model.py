@@ -79,10 +79,10 @@ def test_demo_weights_are_small_and_load(pack):
     from shapes_demo.model import WEIGHTS
 
     assert WEIGHTS.stat().st_size < 40 * 2**20
-    model, clip, vae = pack.nodes.P2PDemoModel().load()
+    model, clip, vae = pack.nodes.P2PDemoModel.execute()
     dm = model.get_model_object("diffusion_model")
     assert type(dm).__name__ == "UNetModel" and model.model.latent_format.latent_channels == 3
-    assert {s.downsample for s in pack.nodes.unet.attention_sites(model)} == {2, 4}  # 16x16 and 8x8
+    assert {s.downsample for s in pack.adapter.unet.attention_sites(model)} == {2, 4}  # 16x16 and 8x8
 
 
 def test_demo_model_draws_what_it_is_told(host):
@@ -139,13 +139,13 @@ def test_object_words_attend_to_their_objects(host, pack):
 
     bench = Bench(steps=20, host=host)
     # the second half of the steps, on the 16x16 layers: where the picture shows through the noise
-    capture = pack.nodes.P2PAttentionCapture().configure(True, "1/2", 0.5, 1.0, "down+up", False, False)[0]
+    capture = pack.nodes.P2PAttentionCapture.execute(True, "1/2", 0.5, 1.0, "down+up", False, False)[0]
     lift = []
     for seed in range(4):
-        edit = pack.nodes.P2PEditSpec().build(bench.clip, "a red circle and a blue square",
+        edit = pack.nodes.P2PEditSpec.execute(bench.clip, "a red circle and a blue square",
                                               "a yellow circle and a blue square", mode="auto",
                                               cross_replace=0.8, self_replace=0.4, self_layers="coarse")[0]
-        latent, attention = pack.nodes.P2PSampler().sample(bench.model, edit, bench.negative, seed, 20, 5.0, "euler",
+        latent, attention = pack.nodes.P2PSampler.execute(bench.model, edit, bench.negative, seed, 20, 5.0, "euler",
                                                            "normal", 1.0, latent_image=bench.latent,
                                                            capture=capture)
         source = bench._decode(latent)[0]

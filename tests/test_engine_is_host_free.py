@@ -17,6 +17,7 @@ def imported_roots(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            assert node.module is not None  # only a relative import (level > 0) leaves the module out
             roots.add(node.module.split(".")[0])
     return roots
 

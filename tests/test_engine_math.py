@@ -241,7 +241,9 @@ def test_blend_keeps_source_bits_outside_the_mask():
     run.begin_evaluation(8.0, [14.0, 10, 8, 6, 5, 4, 3, 2, 1, 0.5, 0.0])  # step 2 = 0.2 * 10
     run.cross_attention(q, k, v, call, vanilla_attention)
     out = run.blend_output(x)
-    mask = run.masks[0][0, 0]
+    blend_mask = run.masks[0]
+    assert blend_mask is not None
+    mask = blend_mask[0, 0]
     assert mask[:4, :4].all() and mask.sum() == 16  # pooled 3x3 and upsampled x2
     assert torch.equal(out[1][:, ~mask], x[0][:, ~mask])
     assert torch.equal(out[1][:, mask], x[1][:, mask])

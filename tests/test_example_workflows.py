@@ -1,7 +1,7 @@
 """The example workflows: up to date with the nodes, and runnable headless through ComfyUI's executor.
 
-The demo-model workflows run as they are; the SD1.5/SDXL ones get their checkpoint loader swapped for a
-small random model of the same family, at a small size (no checkpoint can be downloaded here)."""
+The demo-model workflows run as they are; the SD1.5/SDXL ones get their checkpoint loader (and ControlNet loader)
+swapped for a small random model of the same family, at a small size (no checkpoint can be downloaded here)."""
 
 import json
 import shutil
@@ -13,7 +13,8 @@ from tools.build_workflows import WORKFLOWS, build
 from tools.workflow import to_api
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY = {"p2p_word_swap_sd15": "sd15", "p2p_reweight_local_blend_sdxl": "sdxl"}
+# sd15-64: the random UNet a random ControlNet fits (channels in multiples of 64, as ComfyUI's loader assumes)
+FAMILY = {"p2p_word_swap_sd15": "sd15", "p2p_reweight_local_blend_sdxl": "sdxl", "p2p_controlnet_sd15": "sd15-64"}
 
 
 def test_every_workflow_is_generated_and_current(host):
@@ -39,9 +40,11 @@ def test_workflow_runs_headless(host, name):
         if node["class_type"] == "CheckpointLoaderSimple":
             node["class_type"], node["inputs"] = "RandomModelLoader", {"shape": FAMILY[name], "seed": 0,
                                                                        "dtype": "float32"}
+        elif node["class_type"] == "ControlNetLoader":
+            node["class_type"], node["inputs"] = "RandomControlNetLoader", {"seed": 3}
         elif node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=128, height=128)
-        elif node["class_type"] in ("P2PSampler", "P2PInvert"):
+        elif node["class_type"] in ("P2PSampler", "P2PInvert", "BasicScheduler"):
             node["inputs"]["steps"] = 4
         elif node["class_type"] == "LoadImage":  # the picture the example tells users to copy into input/
             import folder_paths
@@ -53,3 +56,16 @@ def test_workflow_runs_headless(host, name):
     edits = sum(1 for n in prompt.values() if n["class_type"] == "P2PEditSpec")
     images = host.run(prompt, keep=(decode,))[decode][0]
     assert images.shape == (1 + edits, size, size, 3)
+
+
+SAVED_BEFORE_V3 = ROOT / "tests" / "fixtures" / "saved_before_v3_attention_maps.json"
+
+
+def test_a_workflow_saved_before_the_v3_nodes_queues_the_prompt_of_today(host):
+    """A UI-format workflow saved with the V1 nodes (no `positive` socket on P2P Sampler) still loads and makes the
+    same prompt as the current example; the frontend test loads it in the browser too."""
+    saved = to_api(json.loads(SAVED_BEFORE_V3.read_text()), host.nodes.NODE_CLASS_MAPPINGS)
+    current = json.loads((ROOT / "example_workflows" / "p2p_demo_attention_maps.json").read_text())
+    assert saved == to_api(current, host.nodes.NODE_CLASS_MAPPINGS)
+    sampler = next(node for node in json.loads(SAVED_BEFORE_V3.read_text())["nodes"] if node["type"] == "P2PSampler")
+    assert "positive" not in {i["name"] for i in sampler["inputs"]}, "the fixture must predate the positive input"

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("P2P_CHROMIUM", "/usr/bin/chromium")
-WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+# the examples, and a workflow saved before the nodes moved to the V3 schema
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json")) + [
+    ROOT / "tests" / "fixtures" / "saved_before_v3_attention_maps.json"]
 
 
 def _require_browser():
@@ -159,3 +161,21 @@ def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, render
                            "(n.p2pAttentionView || "
                            "(n.widgets || []).some(w => w.name === 'p2p_attention_view'))).length")
     assert others == 0
+
+
+DOC_PAGES = sorted((ROOT / "web" / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("path", DOC_PAGES, ids=[p.stem for p in DOC_PAGES])
+def test_the_server_serves_each_node_help_page_where_the_frontend_looks(server, path):
+    """The frontend's node-help panel fetches /extensions/<pack folder>/docs/<node id>.md for a custom node, with
+    the pack folder taken from the node's python_module."""
+    import urllib.request
+
+    url, _ = server
+    with urllib.request.urlopen(f"{url}/object_info/{path.stem}") as r:
+        module = json.load(r)[path.stem]["python_module"]
+    assert module.startswith("custom_nodes.")
+    folder = module.split(".")[1]
+    with urllib.request.urlopen(f"{url}/extensions/{folder}/docs/{path.name}") as r:
+        assert r.read().decode() == path.read_text()

@@ -18,7 +18,7 @@ OLD = "0.3.52"  # the last release reported broken: its attention rejects transf
 
 @pytest.fixture
 def host_version(pack):
-    return pack.nodes.host_version
+    return pack.adapter.host_version
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ WORDS = ["red", "green", "blue", "circle", "square", "star", "moon", "sun", "tre
 def test_per_step_rows_of_many_words_are_capped(host, pack, caplog):
     """The grid is as wide as its widest row: a per-step capture of a 24-word prompt keeps every row to
     GRID_COLUMNS heatmaps (the words row wraps; per-step rows show the first words) and says what it left out."""
-    columns = pack.nodes.attention_nodes.GRID_COLUMNS
+    columns = pack.adapter.attention_view.GRID_COLUMNS
     assert len(WORDS) > columns
     source = " ".join(WORDS)
     g, n = p2p_graph(source, source.replace("red", "pink"), steps=3)

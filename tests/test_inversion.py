@@ -1,6 +1,8 @@
 """P2PInvert, P2PSampler with an inversion, and saving/loading inversions, through ComfyUI's own executor:
 on the trained demo model (rendered scenes it did not generate) and on a tiny random SD1.5-shaped model."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -45,9 +47,10 @@ def demo_graph(method="direct", steps=12, cfg=5.0, sampler="euler", inversion_st
     model = g.node("P2PDemoModel", "model")
     image = g.node("P2PTestRenderedScene", "image", x=x, size=size)
     neg = g.node("CLIPTextEncode", "negative", clip=model.out(1), text="")
+    inversion_inputs: dict[str, Any] = {**NULL_TEXT, **knobs}  # P2PInvert's inputs, never Graph.node's own
     invert = g.node("P2PInvert", "invert", model=model.out(0), vae=model.out(2), image=image, negative=neg,
                     steps=inversion_steps or steps, cfg=cfg, scheduler="normal", method=method,
-                    **{**NULL_TEXT, **knobs}, clip=model.out(1), source_prompt=SOURCE)
+                    **inversion_inputs, clip=model.out(1), source_prompt=SOURCE)
     edit = g.node("P2PEditSpec", "edit", clip=model.out(1), source_prompt=SOURCE, target_prompt=TARGET, mode="auto",
                   cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
     g.node("P2PSampler", "p2p", model=model.out(0), edit=edit, negative=neg, seed=0, steps=steps, cfg=cfg,
@@ -183,3 +186,37 @@ def test_missing_prompt_and_double_start_are_refused(host):
                                                    batch_size=1)
     with pytest.raises(HostError, match=r"P2PSampler: input 'latent_image': connect either"):
         host.run(g.prompt(), keep=("p2p",))
+
+
+def guided_inversion(g, sampler="euler", sigmas=None):
+    """SamplerCustomAdvanced with a P2PGuider over the P2P sampler's model, edit, negative, cfg and inversion."""
+    p2p = g.nodes["p2p"].inputs
+    guider = g.node("P2PGuider", "guider", model=p2p["model"], edit=p2p["edit"], negative=p2p["negative"],
+                    cfg=p2p["cfg"], inversion=p2p["inversion"])
+    sigmas = sigmas or g.node("BasicScheduler", "sigmas", model=p2p["model"], scheduler="normal",
+                              steps=p2p["steps"], denoise=1.0)
+    latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    select = g.node("KSamplerSelect", "select", sampler_name=sampler)
+    return g.node("SamplerCustomAdvanced", "guided", noise=g.node("DisableNoise", "no_noise"), guider=guider,
+                  sampler=select, sigmas=sigmas, latent_image=latent)
+
+
+@pytest.mark.parametrize("method", ["direct", "null_text", "negative_prompt"])
+def test_the_guider_edits_an_inversion_as_the_sampler_does(host, method):
+    g = demo_graph(method, steps=6)
+    guided_inversion(g)
+    out = host.run(g.prompt(), keep=("p2p", "guided"))
+    assert torch.equal(out["guided"][0]["samples"], out["p2p"][0]["samples"])
+
+
+def test_the_guider_names_what_cannot_retrace_an_inversion(host):
+    g = demo_graph("direct", steps=6)
+    guided_inversion(g, sampler="euler_ancestral")
+    with pytest.raises(HostError, match=r"^P2PGuider: input 'sampler': euler_ancestral adds fresh noise"):
+        host.run(g.prompt(), keep=("guided",))
+    g = demo_graph("direct", steps=6)
+    karras = g.node("KarrasScheduler", "karras", steps=6, sigma_max=14.6, sigma_min=0.03, rho=7.0)
+    guided_inversion(g, sigmas=karras)
+    with pytest.raises(HostError, match=r"^P2PGuider: input 'sigmas': are not the schedule the inversion was made "
+                       r"with \(the 'normal' scheduler over 6 steps"):
+        host.run(g.prompt(), keep=("guided",))

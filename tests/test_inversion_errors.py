@@ -40,7 +40,7 @@ def test_null_text_keeps_its_contexts_whatever_the_negatives_length(host, invert
 
 def test_null_context_patch_refuses_a_context_it_cannot_replace(pack):
     """Passing a context through unchanged would silently drop the inversion's optimisation."""
-    patch = pack.nodes.inversion_nodes.NullContextPatch("P2PSampler")
+    patch = pack.adapter.inversion.NullContextPatch("P2PSampler")
     patch.context = torch.zeros(154, 8)
     context = torch.zeros(2, 77, 8)
     with pytest.raises(ValueError, match=r"^P2PSampler: input 'model': the null-text inversion's unconditional "

@@ -38,7 +38,7 @@ def public_schedule(pack):
         def blend_final(self, latent):
             return latent
 
-    def sampler(_name):
+    def sampler(_sampler):
         def euler_with_resets(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
             s_in = x.new_ones([x.shape[0]])
             for i in range(len(sigmas) - 1):
@@ -65,8 +65,8 @@ def test_local_blend_follows_the_public_schedule(host, pack, monkeypatch, thresh
     ours = samples(host.run(g.prompt(), keep=("p2p",)), "p2p")
 
     run_class, sampler = public_schedule(pack)
-    monkeypatch.setattr(pack.nodes.sampler_node, "EditRun", run_class)
-    monkeypatch.setattr(pack.nodes.sampler_node, "shared_noise_sampler", sampler)
+    monkeypatch.setattr(pack.adapter.sampling, "EditRun", run_class)
+    monkeypatch.setattr(pack.adapter.sampling, "shared_noise_sampler", sampler)
     public = samples(host.run(g.prompt(), keep=("p2p",), fresh=True), "p2p")
 
     same = public[1] == public[0]

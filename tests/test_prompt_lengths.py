@@ -35,7 +35,7 @@ def p2p_context_lengths():
     return {r["context"].shape[1] for r in records if r["n"].shape[0] % 3 == 0 and 0 in r["cond_or_uncond"]}
 
 
-def lcm_positive(self):
+def lcm_positive(self, extras=None):
     """The earlier reference: every prompt repeated to the least common multiple of the lengths (exact)."""
     import math
 
@@ -60,7 +60,7 @@ def test_prompts_of_coprime_chunk_counts(host, pack, monkeypatch):
     padded = samples(out, "p2p")
     assert relative_error(padded[0], samples(out, "plain")[0]) < 1e-5  # the source is its own prompt's picture
 
-    monkeypatch.setattr(pack.nodes.bundle.EditBundle, "positive", lcm_positive)
+    monkeypatch.setattr(pack.adapter.bundle.EditBundle, "positive", lcm_positive)
     reference = samples(host.run(g.prompt(), keep=("p2p",)), "p2p")
     assert p2p_context_lengths() == {6 * 77}
     for item in range(3):

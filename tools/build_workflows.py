@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .graph import Graph
 from .workflow import to_ui
@@ -28,6 +29,13 @@ SDXL_CHECKPOINT = {
     "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
            "sd_xl_base_1.0.safetensors?download=true",
     "directory": "checkpoints",
+}
+
+SD15_CANNY_CONTROLNET = {
+    "name": "control_v11p_sd15_canny_fp16.safetensors",
+    "url": "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+           "control_v11p_sd15_canny_fp16.safetensors?download=true",
+    "directory": "controlnet",
 }
 
 WORD_SWAP_NOTE = """## Prompt-to-Prompt: word swap
@@ -76,7 +84,7 @@ def _sd15_word_swap() -> tuple[Graph, dict, list, dict]:
     sizes = {"ckpt": (330, 100), "edit": (420, 460), "negative": (420, 180), "latent": (320, 110),
              "sampler": (320, 330), "decode": (210, 50), "save": (420, 460)}
     notes = [(WORD_SWAP_NOTE, (40, 180), (340, 560))]
-    _add_attention_maps(g, sampler, decode, positions, sizes, notes, x=880, y=640)
+    _add_attention_maps(g, sampler.out(1), decode, positions, sizes, notes, x=880, y=640)
     return g, positions, notes, {"models": {"ckpt": [SD15_CHECKPOINT]}, "sizes": sizes}
 
 
@@ -111,6 +119,52 @@ def _sdxl_reweight_blend() -> tuple[Graph, dict, list, dict]:
     return g, positions, notes, {"models": {"ckpt": [SDXL_CHECKPOINT]}, "sizes": sizes}
 
 
+CONTROLNET_NOTE = """## Prompt-to-Prompt with a ControlNet
+
+**ControlNet Apply (Advanced)** works on an ordinary prompt here; its conditioning goes to **P2P Sampler**'s
+*positive* input and its *negative* output to the sampler's *negative*. The sampler replaces the prompt's
+text with the edit's prompts, row by row, and keeps what was applied to it: the control image steers the
+source and the edit alike, and the edit changes only what the words changed.
+
+- The control image: any picture, here the edges (**Canny**) of `p2p_demo_scene.png` (from the pack's
+  `example_workflows/` folder; copy it into ComfyUI's `input/` folder), or load your own edge map.
+- Other conditioning nodes work the same way on *positive*: Conditioning Set Area / Mask / Timestep Range,
+  LoRA hooks. Connect one conditioning (not a Conditioning Combine of several).
+"""
+
+
+def _sd15_controlnet() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    ckpt = g.node("CheckpointLoaderSimple", "ckpt", ckpt_name=SD15_CHECKPOINT["name"])
+    source = "a red ball and a blue box on a table, studio photo"
+    edit = g.node("P2PEditSpec", "edit", clip=ckpt.out(1), source_prompt=source,
+                  target_prompt="a red ball and a wooden box on a table, studio photo", mode="auto",
+                  cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
+    positive = g.node("CLIPTextEncode", "positive", title="Prompt for the ControlNet (its text is replaced)",
+                      clip=ckpt.out(1), text=source)
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=ckpt.out(1), text="blurry, lowres")
+    controlnet = g.node("ControlNetLoader", "controlnet", control_net_name=SD15_CANNY_CONTROLNET["name"])
+    image = g.node("LoadImage", "image", image=INVERT_SCENE)
+    edges = g.node("Canny", "edges", image=image.out(0), low_threshold=0.4, high_threshold=0.8)
+    apply = g.node("ControlNetApplyAdvanced", "apply", positive=positive, negative=neg, control_net=controlnet,
+                   image=edges, strength=0.8, start_percent=0.0, end_percent=1.0)
+    latent = g.node("EmptyLatentImage", "latent", width=512, height=512, batch_size=1)
+    sampler = g.node("P2PSampler", "sampler", model=ckpt.out(0), edit=edit, negative=apply.out(1),
+                     latent_image=latent, seed=42, steps=30, cfg=7.5, sampler_name="euler", scheduler="normal",
+                     denoise=1.0, positive=apply.out(0))
+    decode = g.node("VAEDecode", "decode", samples=sampler, vae=ckpt.out(2))
+    g.node("SaveImage", "save", images=decode, filename_prefix="p2p_controlnet")
+    positions = {"ckpt": (40, 40), "edit": (420, 40), "positive": (420, 540), "negative": (420, 760),
+                 "controlnet": (40, 760), "image": (40, 880), "edges": (40, 1240), "apply": (880, 540),
+                 "latent": (880, 840), "sampler": (880, 40), "decode": (1240, 40), "save": (1240, 130)}
+    sizes = {"ckpt": (330, 100), "edit": (420, 460), "positive": (420, 180), "negative": (420, 180),
+             "controlnet": (330, 80), "image": (330, 330), "edges": (330, 110), "apply": (320, 190),
+             "latent": (320, 110), "sampler": (320, 370), "decode": (210, 50), "save": (420, 460)}
+    notes = [(CONTROLNET_NOTE, (40, 180), (340, 540))]
+    models = {"ckpt": [SD15_CHECKPOINT], "controlnet": [SD15_CANNY_CONTROLNET]}
+    return g, positions, notes, {"models": models, "sizes": sizes}
+
+
 DEMO_NOTE = """## The demo model
 
 **P2P Demo Model** is a small text-to-image model this project trained on 32x32 pictures of coloured shapes
@@ -139,6 +193,53 @@ components of the self-attention maps (the layout the model holds).
 - **per_step**: also one map per step (rows of the grid); **self_attention**: for the components.
 - **enabled** off: nothing is captured, at no cost.
 """
+
+GUIDER_NOTE = """## P2P Guider with SamplerCustomAdvanced
+
+**P2P Guider** is Prompt-to-Prompt as a *guider*, for ComfyUI's custom sampling: any noise node, any
+sampler node and any sigmas node (BasicScheduler, KarrasScheduler, AlignYourSteps, SplitSigmas for two
+stages). With the same settings it gives exactly P2P Sampler's batch: **[source, edit]**.
+
+- The injection windows (*cross_replace*, *self_replace*, word windows, local-blend *start*) are fractions
+  of the sigmas the guider is given: on a split schedule, of each stage's own steps.
+- **P2P Guider Attention** takes the guider and the sampler's *output* latent and hands the attention maps
+  of that run to **P2P Attention Maps**.
+"""
+
+
+def _demo_guider() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    model = g.node("P2PDemoModel", "model")
+    source = "a red circle and a small blue square"
+    edit = g.node("P2PEditSpec", "edit", clip=model.out(1), source_prompt=source,
+                  target_prompt="a yellow circle and a small blue square", mode="auto", cross_replace=0.8,
+                  self_replace=0.4, self_layers="coarse", word_schedule="")
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
+    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/2", start=0.0, end=1.0,
+                     layers="down+up", per_step=False, self_attention=True)
+    guider = g.node("P2PGuider", "guider", model=model.out(0), edit=edit, negative=neg, cfg=5.0, capture=capture)
+    noise = g.node("RandomNoise", "noise", noise_seed=DEMO_SEEDS["p2p_demo_word_swap"])
+    sampler_select = g.node("KSamplerSelect", "sampler_select", sampler_name="euler")
+    sigmas = g.node("BasicScheduler", "sigmas", model=model.out(0), scheduler="normal", steps=30, denoise=1.0)
+    latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    sampler = g.node("SamplerCustomAdvanced", "sampler", noise=noise, guider=guider, sampler=sampler_select,
+                     sigmas=sigmas, latent_image=latent)
+    decode = g.node("VAEDecode", "decode", samples=sampler.out(0), vae=model.out(2))
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_guider")
+    attention = g.node("P2PGuiderAttention", "attention", guider=guider, latent=sampler.out(0))
+    positions = {"model": (40, 40), "edit": (380, 40), "negative": (40, 560), "capture": (380, 540),
+                 "guider": (820, 40), "noise": (820, 300), "sampler_select": (820, 420), "sigmas": (820, 520),
+                 "latent": (820, 680), "sampler": (1180, 40), "decode": (1180, 300), "scale": (1180, 390),
+                 "save": (1540, 40), "attention": (1180, 540)}
+    sizes = {"model": (300, 100), "edit": (400, 460), "negative": (300, 160), "capture": (400, 250),
+             "guider": (320, 210), "noise": (320, 90), "sampler_select": (320, 70), "sigmas": (320, 130),
+             "latent": (320, 110), "sampler": (320, 150), "decode": (210, 50), "scale": (320, 90),
+             "save": (560, 320), "attention": (320, 70)}
+    notes = [(f"{DEMO_NOTE}\n{GUIDER_NOTE}", (40, 780), (300, 520))]
+    _add_attention_maps(g, attention.out(0), decode, positions, sizes, notes, x=1540, y=420)
+    return g, positions, notes, {"sizes": sizes}
+
 
 DEMO_WORKFLOWS = {
     # name: (note, source, targets with (mode, reweight, blend) options)
@@ -178,9 +279,10 @@ def _demo(name: str):
     previous, positions, sizes = None, {"model": (40, 40)}, {"model": (300, 100)}
     x = 380
     for k, (target, options) in enumerate(targets):
+        chained: dict[str, Any] = {"previous": previous} if previous is not None else {}
         edit = g.node("P2PEditSpec", f"edit{k}", clip=model.out(1), source_prompt=source, target_prompt=target,
                       mode="auto", cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="",
-                      **({"previous": previous} if previous is not None else {}))
+                      **chained)
         positions[f"edit{k}"], sizes[f"edit{k}"] = (x, 40), (400, 460)
         previous = edit
         if "weights" in options:
@@ -207,14 +309,15 @@ def _demo(name: str):
     if name == "p2p_demo_attention_maps":
         sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/2",
                                            start=0.0, end=1.0, layers="down+up", per_step=False, self_attention=True)
-        _add_attention_maps(g, sampler, decode, positions, sizes, notes, x=x, y=640)
+        _add_attention_maps(g, sampler.out(1), decode, positions, sizes, notes, x=x, y=640)
         positions["capture"], sizes["capture"] = (x - 440, 640), (400, 250)
     return g, positions, notes, {"sizes": sizes}
 
 
-def _add_attention_maps(g: Graph, sampler, decode, positions: dict, sizes: dict, notes: list, x: int, y: int) -> None:
-    """P2P Attention Maps on a sampler's decoded batch, with previews of its image outputs and a note."""
-    maps = g.node("P2PAttentionMaps", "maps", attention=sampler.out(1), images=decode, item=1, components=6,
+def _add_attention_maps(g: Graph, attention, decode, positions: dict, sizes: dict, notes: list, x: int, y: int) -> None:
+    """P2P Attention Maps on a run's `attention` output and decoded batch, with previews of its image outputs and
+    a note."""
+    maps = g.node("P2PAttentionMaps", "maps", attention=attention, images=decode, item=1, components=6,
                   words="")
     g.node("PreviewImage", "heatmaps", title="Heatmaps grid", images=maps.out(0))
     g.node("PreviewImage", "components", title="Self-attention components", images=maps.out(1))
@@ -281,7 +384,9 @@ def _demo_invert() -> tuple[Graph, dict, list, dict]:
 WORKFLOWS = {
     **{name: (lambda n=name: _demo(n)) for name in DEMO_WORKFLOWS},
     "p2p_demo_invert_real_image": _demo_invert,
+    "p2p_demo_guider": _demo_guider,
     "p2p_word_swap_sd15": _sd15_word_swap,
+    "p2p_controlnet_sd15": _sd15_controlnet,
     "p2p_reweight_local_blend_sdxl": _sdxl_reweight_blend,
 }
 

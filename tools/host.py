@@ -105,7 +105,9 @@ class Host:
         if node_id is None and context is not None:
             node_id = context.node_id
         comfy.model_management.throw_exception_if_processing_interrupted()
-        get_progress_state().update_progress(node_id, value, total, preview_image)
+        # node_id is None outside a node's execution; ComfyUI's own hook (main.py, hijack_progress) passes None
+        # here too, so update_progress's `str` annotation is narrower than ComfyUI's use of it
+        get_progress_state().update_progress(node_id, value, total, preview_image)  # ty: ignore[invalid-argument-type]
         self.server.send_sync("progress", {"value": value, "max": total, "node": node_id})
 
     def register(self, mappings: dict) -> None:
@@ -241,6 +243,6 @@ def start(extra_args: tuple[str, ...] = ()) -> Host:
 def pack_module():
     """The pack as ComfyUI imported it (its engine classes are the ones the nodes use)."""
     for name, module in sys.modules.items():
-        if name.endswith(PACK_FOLDER) and hasattr(module, "NODE_CLASS_MAPPINGS"):
+        if name.endswith(PACK_FOLDER) and hasattr(module, "comfy_entrypoint"):
             return module
     raise RuntimeError("the pack is not loaded")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ModelShape", "SHAPES", "build_model", "build_clip", "build_vae", "randomize"]
+__all__ = ["ModelShape", "SHAPES", "build_model", "build_clip", "build_vae", "build_controlnet", "write_lora",
+           "write_hypernetwork", "randomize"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ SHAPES = {
     "sdxl": ModelShape("sdxl", channel_mult=(1, 2, 4), transformer_depth=(0, 1, 2), transformer_depth_middle=2),
     # One attention head wider than the 77 text tokens: a layer's output then determines its attention map.
     "sd15-wide": ModelShape("sd15", model_channels=96, sd1_heads=1),
+    # Channels in multiples of 64, the head width ComfyUI's ControlNet loader assumes for a UNet it does not know.
+    "sd15-64": ModelShape("sd15", model_channels=64, sd1_heads=1),
     # Full-size shapes (for benchmarks): the real checkpoints' UNet configurations.
     "sd15-full": ModelShape("sd15", model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
                             transformer_depth=(1, 1, 1, 0), sd1_heads=8, text_width=768, text_layers=12),
@@ -176,6 +179,65 @@ def build_vae(seed: int = 2):
 
     taesd = randomize(comfy.taesd.taesd.TAESD(latent_channels=4), seed)
     return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+def build_controlnet(shape: ModelShape | str = "sd15-64", seed: int = 3):
+    """A ControlNet for that UNet shape with random weights (its zero convolutions too, so that it acts), loaded
+    from its state dict by ComfyUI's own loader, as a ControlNet file is."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    shape = SHAPES[shape] if isinstance(shape, str) else shape
+    config = _unet_config(shape)
+    config.pop("out_channels")
+    config.update(num_heads=-1, num_head_channels=64, hint_channels=3, operations=comfy.ops.disable_weight_init)
+    control = randomize(comfy.cldm.cldm.ControlNet(**config), seed)
+    return comfy.controlnet.load_controlnet_state_dict(control.state_dict())
+
+
+def write_lora(path, shape: ModelShape | str = "sd15", seed: int = 4, rank: int = 4) -> None:
+    """A LoRA file (ComfyUI's generic key format) for every attention projection of that random UNet."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    unet = build_model(shape).model.diffusion_model.state_dict()
+    tensors = {}
+    for key, weight in unet.items():
+        if ".attn" in key and ".to_" in key and key.endswith(".weight") and weight.ndim == 2:
+            base = "diffusion_model." + key[: -len(".weight")]
+            tensors[f"{base}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=gen) / weight.shape[1]
+            tensors[f"{base}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=gen)
+    save_file(tensors, str(path))
+
+
+def write_hypernetwork(path, width: int = 32, seed: int = 5) -> None:
+    """A hypernetwork file (the A1111 format ComfyUI's HypernetworkLoader reads) for text contexts of that width:
+    per width, a small MLP for the keys and one for the values."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def mlp():
+        return {"linear.0.weight": torch.randn(2 * width, width, generator=gen) / width,
+                "linear.0.bias": torch.zeros(2 * width),
+                "linear.1.weight": torch.randn(width, 2 * width, generator=gen) / width,
+                "linear.1.bias": torch.zeros(width)}
+
+    torch.save({width: [mlp(), mlp()], "activation_func": "relu"}, str(path))
+
+
+class RandomControlNetLoader:
+    """A development node: a random ControlNet for the "sd15-64" random UNet."""
+
+    CATEGORY = "prompt_to_prompt/dev"
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 3, "min": 0, "max": 2**31})}}
+
+    def load(self, seed):
+        return (build_controlnet("sd15-64", seed),)
 
 
 class RandomModelLoader:

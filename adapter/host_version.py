@@ -19,6 +19,8 @@ __all__ = ["MINIMUM_COMFYUI", "require_supported_host", "log_if_unsupported"]
 
 MINIMUM_COMFYUI = "0.3.75"
 
+MINIMUM_RELEASE = tuple(int(part) for part in MINIMUM_COMFYUI.split("."))
+
 log = logging.getLogger("prompt_to_prompt")
 
 
@@ -57,7 +59,7 @@ def unsupported_host() -> str | None:
     version = found_version()
     found = release(version) if version else None
     if found is not None:
-        supported = is_at_least(found, release(MINIMUM_COMFYUI))
+        supported = is_at_least(found, MINIMUM_RELEASE)
     else:
         from comfy.ldm.modules import attention
 

@@ -35,7 +35,7 @@ def attention_sites(model_patcher) -> list[AttentionSite]:
     factor = 1
 
     def visit(block_name: str, block_id: int, block) -> None:
-        for layer in block:
+        for layer in block.children():
             if isinstance(layer, SpatialTransformer):
                 for index, tb in enumerate(layer.transformer_blocks):
                     if getattr(tb, "attn2", None) is not None:
@@ -43,12 +43,12 @@ def attention_sites(model_patcher) -> list[AttentionSite]:
 
     for block_id, block in enumerate(dm.input_blocks):
         visit("input", block_id, block)
-        if any(isinstance(layer, Downsample) for layer in block):
+        if any(isinstance(layer, Downsample) for layer in block.children()):
             factor *= 2
     visit("middle", 0, dm.middle_block)
     for block_id, block in enumerate(dm.output_blocks):
         visit("output", block_id, block)
-        if any(isinstance(layer, Upsample) for layer in block):
+        if any(isinstance(layer, Upsample) for layer in block.children()):
             factor //= 2
     if not sites:
         raise UnsupportedModel("this UNet has no text cross-attention layers, so there is nothing to edit")

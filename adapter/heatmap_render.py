@@ -49,7 +49,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.7) -> np.nda
 
 def _tile(image: np.ndarray, label: str, scale: int) -> Image.Image:
     pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    picture = Image.fromarray(pixels).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    picture = Image.fromarray(pixels).resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
     tile = Image.new("RGB", (picture.width, picture.height + LABEL_HEIGHT), (24, 24, 24))
     tile.paste(picture, (0, 0))
     draw = ImageDraw.Draw(tile)

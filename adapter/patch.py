@@ -9,6 +9,7 @@ A replace patch another pack already set on a block is chained (see `AttentionPa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,12 +18,14 @@ from comfy.patcher_extension import WrappersMP
 
 from ..p2p import EditRun, LayerCall
 from ..p2p.inversion import Inversion, trajectory_at
+from .inversion import NullContextPatch
 from .unet import AttentionSite
 
 __all__ = ["HostRun", "install"]
 
 log = logging.getLogger("prompt_to_prompt")
 WRAPPER_KEY = "prompt_to_prompt"
+Prior = Callable[..., torch.Tensor]  # another pack's replace patch: (q, k, v, extra_options) -> output
 
 
 @dataclass(eq=False)
@@ -37,7 +40,7 @@ class HostRun:
     positive_uuid: object = None  # set once the guider has converted the conditioning
     warned: set = field(default_factory=set)
     inversion: Inversion | None = None  # editing a real image: the source retraces this path
-    null_patch: object = None  # null_text: the attn2 patch that carries each step's unconditional context
+    null_patch: NullContextPatch | None = None  # null_text: the attn2 patch carrying each step's unconditional context
 
     def source_latent(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """[C, H, W]: the source's latent at this evaluation; with Direct inversion, the inverted path's."""
@@ -52,7 +55,7 @@ class HostRun:
         inv = self.inversion
         if inv is None:
             return x
-        if self.null_patch is not None:
+        if self.null_patch is not None and inv.null_contexts is not None:
             self.null_patch.context = inv.null_contexts[min(step, inv.steps - 1)]
         if inv.method != "direct":
             return x
@@ -82,7 +85,7 @@ class AttentionPatch:
     IPAdapter's working.
     """
 
-    def __init__(self, host: HostRun, kind: str, sites: dict[int, AttentionSite], priors: dict[int, object]):
+    def __init__(self, host: HostRun, kind: str, sites: dict[int, AttentionSite], priors: dict[int, Prior | None]):
         self.host, self.kind, self.sites, self.priors = host, kind, sites, priors
 
     def __deepcopy__(self, memo):
@@ -120,7 +123,7 @@ class AttentionPatch:
             return optimized_attention(q_, k_, v_, heads, attn_precision=precision, transformer_options=extra_options)
 
         call = None if site is None else self._layout(q, extra_options, site)
-        if call is None:
+        if site is None or call is None:
             if extra_options.get("cond_or_uncond") and self.host.positive_uuid in (extra_options.get("uuids") or []):
                 self.host.warn_once(
                     "layout",

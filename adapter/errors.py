@@ -22,8 +22,8 @@ def node_input(node: str, input_name: str):
         raise input_error(node, input_name, str(e)) from None
 
 
-def check_schedule(node: str, sigmas, scheduler: str, steps: int) -> None:
-    """Refuse a schedule with NaN or infinite noise levels (kl_optimal at 1 step), which would give a NaN picture."""
+def check_schedule(node: str, input_name: str, sigmas, why: str) -> None:
+    """Refuse a schedule with NaN or infinite noise levels (kl_optimal at 1 step), which would give a NaN picture;
+    `why` says what gave them ("'kl_optimal' gives no usable noise levels for 1 steps")."""
     if not bool(sigmas.isfinite().all()):
-        raise input_error(node, "scheduler", f"'{scheduler}' gives no usable noise levels for {steps} steps; "
-                          "use more steps or another scheduler")
+        raise input_error(node, input_name, f"{why}; use more steps or another scheduler")

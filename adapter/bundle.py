@@ -29,9 +29,10 @@ class EditBundle:
         conds = self.conditionings if conditioning is None else self.conditionings + (conditioning,)
         return dataclasses.replace(self, batch=batch, conditionings=conds)
 
-    def positive(self) -> list:
+    def positive(self, extras: dict | None = None) -> list:
         """One CONDITIONING entry with a batch row per prompt: [source, edit 1, ..., edit N].
 
+        `extras`: the options of the entry (ControlNet, area, mask, hooks...); by default the source's own.
         Prompts of different lengths are padded to the longest by repeating them (cut at that length):
         where a length divides the longest this is ComfyUI's own batching (attention over repeated keys
         is the same attention); where it does not, the attention patches attend over the row's own
@@ -42,7 +43,7 @@ class EditBundle:
         tensors = [t for t, _ in firsts]  # [1, L_i, D]
         length = max(t.shape[1] for t in tensors)
         cond = torch.cat([t.repeat(1, -(-length // t.shape[1]), 1)[:, :length] for t in tensors])  # [1+N, L, D]
-        meta = dict(firsts[0][1])
-        if "pooled_output" in meta:
+        meta = dict(firsts[0][1] if extras is None else extras)
+        if "pooled_output" in firsts[0][1]:
             meta["pooled_output"] = torch.cat([m["pooled_output"] for _, m in firsts])
         return [[cond, meta]]
