@@ -23,13 +23,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -c tests/pytest.ini -q -m "not browser and not slow" tests
 
-# ty checks the pack as the package ComfyUI imports (a link named prompt_to_prompt), then the support code.
+# ty checks the pack as the package ComfyUI imports (a link named prompt_to_prompt), then the support code; its
+# settings come from tools/ty.toml alone (never from a ty.toml found in a folder above the checkout).
 TYPECHECK := .host/typecheck
-TY := $(CURDIR)/.venv/bin/ty check --python $(CURDIR)/.venv --extra-search-path $(COMFYUI_PATH)
+TY := $(CURDIR)/.venv/bin/ty check --config-file $(CURDIR)/tools/ty.toml --python $(CURDIR)/.venv \
+	--extra-search-path $(COMFYUI_PATH)
 
 check: setup
 	$(PY) -m ruff check .
-	mkdir -p $(TYPECHECK) && ln -sfn $(CURDIR) $(TYPECHECK)/prompt_to_prompt && cp tools/ty.toml $(TYPECHECK)/ty.toml
+	mkdir -p $(TYPECHECK) && ln -sfn $(CURDIR) $(TYPECHECK)/prompt_to_prompt
 	cd $(TYPECHECK) && $(TY) --project . prompt_to_prompt/__init__.py prompt_to_prompt/p2p prompt_to_prompt/adapter \
 		prompt_to_prompt/nodes
 	$(TY) --extra-search-path tests tools tests bench shapes_demo
