@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-__all__ = ["AttentionSite", "attention_sites", "UnsupportedModel", "nearest_downsample"]
+__all__ = ["AttentionSite", "attention_sites", "UnsupportedModel", "model_family", "nearest_downsample"]
 
 
 class UnsupportedModel(ValueError):
@@ -28,8 +28,8 @@ def attention_sites(model_patcher) -> list[AttentionSite]:
     dm = model_patcher.get_model_object("diffusion_model")
     if not isinstance(dm, UNetModel):
         raise UnsupportedModel(
-            f"{type(dm).__name__} models are not supported yet: Prompt-to-Prompt here needs a UNet with "
-            "text cross-attention (SD1.x, SD2.x, SDXL and their fine-tunes)"
+            f"{model_family(model_patcher)} models ({type(dm).__name__}) are not supported yet: Prompt-to-Prompt "
+            "here needs a UNet with text cross-attention (SD1.x, SD2.x, SDXL and their fine-tunes)"
         )
     sites: list[AttentionSite] = []
     factor = 1
@@ -53,6 +53,12 @@ def attention_sites(model_patcher) -> list[AttentionSite]:
     if not sites:
         raise UnsupportedModel("this UNet has no text cross-attention layers, so there is nothing to edit")
     return sites
+
+
+def model_family(model_patcher) -> str:
+    """The model's family as ComfyUI names its configuration ("SD3", "Flux", "WAN21_T2V", ...)."""
+    config = getattr(model_patcher.model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model_patcher.model).__name__
 
 
 def nearest_downsample(sites: list[AttentionSite], wanted: int = 4) -> int:

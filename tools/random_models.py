@@ -1,4 +1,5 @@
-"""Randomly initialised SD1.x-, SD2.x- and SDXL-shaped models built from ComfyUI's own classes.
+"""Randomly initialised SD1.x-, SD2.x- and SDXL-shaped UNets and Flux-, Chroma- and SD3-shaped MM-DiTs, built from
+ComfyUI's own classes, with text encoders of the family's kind driven by ComfyUI's real tokenizers.
 
 Tests run the real ComfyUI sampling path on these (tiny by default); benchmarks build them at full
 size. Weights are seeded, so every build of a configuration is identical. No weights are downloaded.
@@ -6,13 +7,14 @@ size. Weights are seeded, so every build of a configuration is identical. No wei
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ModelShape", "SHAPES", "build_model", "build_clip", "build_vae", "build_controlnet", "write_lora",
-           "write_hypernetwork", "randomize"]
+__all__ = ["ModelShape", "DiTShape", "SHAPES", "build_model", "build_clip", "build_vae", "build_controlnet",
+           "write_lora", "write_hypernetwork", "randomize"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,47 @@ class ModelShape:
     def context_dim(self) -> int:
         return 2 * self.text_width if self.family == "sdxl" else self.text_width
 
+    @property
+    def latent_channels(self) -> int:
+        return 4
 
-SHAPES = {
+
+@dataclass(frozen=True)
+class DiTShape:
+    """An MM-DiT: text and image tokens in one joint attention (text first).
+
+    flux: Flux.1-dev (guidance-distilled: a guidance embedding, sampled at cfg 1), text = CLIP-L's pooled output (the
+    modulation vector) and T5-XXL's tokens (padded to 256). chroma: Flux without CLIP, its modulations from an
+    "approximator" MLP, real CFG, text = T5-XXL's tokens (unpadded). sd3: SD3's MMDiT, text = 77 CLIP-L+G tokens then
+    T5-XXL's tokens (77), the pooled CLIP-L and CLIP-G outputs as the modulation vector.
+    """
+
+    family: str  # "flux" | "chroma" | "sd3"
+    hidden_size: int = 64  # SD3: 64 * num_heads (MMDiT's heads are 64 wide)
+    num_heads: int = 2
+    depth: int = 2  # Flux/Chroma: double-stream blocks; SD3: joint blocks (the last one's text stream is pre-only)
+    depth_single_blocks: int = 2  # Flux/Chroma: single-stream blocks
+    axes_dim: tuple[int, ...] = (4, 14, 14)  # Flux/Chroma: RoPE widths (index, row, column); sum = head width
+    mlp_ratio: float = 4.0
+    guidance_embed: bool = True  # Flux: dev (guidance-distilled) or schnell
+    approximator_width: int = 64  # Chroma: its modulation MLP (real: 5120 wide, 5 layers)
+    approximator_layers: int = 2
+    pos_embed_max_size: int = 64  # SD3: patches per side of its position table (real: 192)
+    clip_width: int = 32  # CLIP-L's hidden size (Flux, SD3)
+    clip_g_width: int = 32  # CLIP-G's hidden size (SD3)
+    clip_layers: int = 3  # SD3 reads CLIP's penultimate layer
+    t5_width: int = 64
+    t5_heads: int = 2
+    t5_ff: int = 128
+    t5_layers: int = 2
+    extra: dict = field(default_factory=dict)  # unet_config overrides
+
+    @property
+    def latent_channels(self) -> int:
+        return 16
+
+
+SHAPES: dict[str, ModelShape | DiTShape] = {
     "sd15": ModelShape("sd15"),
     "sd2": ModelShape("sd2", v_prediction=True),
     "sdxl": ModelShape("sdxl", channel_mult=(1, 2, 4), transformer_depth=(0, 1, 2), transformer_depth_middle=2),
@@ -49,6 +90,16 @@ SHAPES = {
     "sdxl-full": ModelShape("sdxl", model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2,
                             transformer_depth=(0, 2, 10), transformer_depth_middle=10, head_channels=64,
                             text_width=1024, text_layers=3),  # 3: CLIP-L's output is its penultimate layer
+    # MM-DiTs (16-channel latents), tiny: a 4-step 64x64 sampling takes about a second on a CPU.
+    "flux": DiTShape("flux"),
+    "chroma": DiTShape("chroma"),
+    "sd3": DiTShape("sd3", hidden_size=128, num_heads=2, depth=3),
+    # The real transformers (Flux.1-dev: 11.9e9 parameters; SD3-medium: 2.0e9); the text encoders at their real
+    # widths (so the text reaches the transformer at its real shape) but few layers.
+    "flux-full": DiTShape("flux", hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38,
+                          axes_dim=(16, 56, 56), clip_width=768, t5_width=4096, t5_heads=64, t5_ff=10240),
+    "sd3-full": DiTShape("sd3", hidden_size=1536, num_heads=24, depth=24, pos_embed_max_size=192, clip_width=768,
+                         clip_g_width=1280, t5_width=4096, t5_heads=64, t5_ff=10240),
 }
 
 
@@ -60,7 +111,7 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
             if p.ndim >= 2:
                 fan_in = math.prod(p.shape[1:])
                 values = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
-            elif "norm" in name and name.endswith("weight"):
+            elif "norm" in name and name.endswith(("weight", "scale")):  # "scale": the DiTs' RMSNorms
                 values = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
             else:
                 values = 0.02 * torch.randn(p.shape, generator=gen)
@@ -100,7 +151,7 @@ def _unet_config(shape: ModelShape) -> dict:
     return config
 
 
-def build_model(shape: ModelShape | str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_model(shape: ModelShape | DiTShape | str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32):
     """A ComfyUI MODEL (ModelPatcher) with random weights."""
     import comfy.model_base
     import comfy.model_management
@@ -108,6 +159,8 @@ def build_model(shape: ModelShape | str = "sd15", seed: int = 0, dtype: torch.dt
     import comfy.supported_models
 
     shape = SHAPES[shape] if isinstance(shape, str) else shape
+    if isinstance(shape, DiTShape):
+        return _build_dit(shape, seed, dtype)
     config_class = {
         "sd15": comfy.supported_models.SD15,
         "sd2": comfy.supported_models.SD20,
@@ -144,7 +197,7 @@ def _text_config(shape: ModelShape, pooled: bool) -> dict:
     return config
 
 
-def build_clip(shape: ModelShape | str = "sd15", seed: int = 1):
+def build_clip(shape: ModelShape | DiTShape | str = "sd15", seed: int = 1):
     """A ComfyUI CLIP with the real tokenizers and a small random text transformer of the family's kind."""
     import comfy.sd
     import comfy.sd1_clip
@@ -153,6 +206,8 @@ def build_clip(shape: ModelShape | str = "sd15", seed: int = 1):
     import comfy.text_encoders.sd2_clip
 
     shape = SHAPES[shape] if isinstance(shape, str) else shape
+    if isinstance(shape, DiTShape):
+        return _build_dit_clip(shape, seed)
     if shape.family == "sd15":
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         options = {"clip_l_model_config": _text_config(shape, True)}
@@ -172,13 +227,140 @@ def build_clip(shape: ModelShape | str = "sd15", seed: int = 1):
     return clip
 
 
-def build_vae(seed: int = 2):
-    """A TAESD-architecture VAE with random weights, loaded through ComfyUI's VAE class."""
+def build_vae(seed: int = 2, latent_channels: int = 4):
+    """A TAESD-architecture VAE with random weights, loaded through ComfyUI's VAE class (which reads the latent
+    channels, 4 for the UNets and 16 for the MM-DiTs, from the weights)."""
     import comfy.sd
     import comfy.taesd.taesd
 
-    taesd = randomize(comfy.taesd.taesd.TAESD(latent_channels=4), seed)
+    taesd = randomize(comfy.taesd.taesd.TAESD(latent_channels=latent_channels), seed)
     return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+def _dit_unet_config(shape: DiTShape) -> dict:
+    """The unet_config ComfyUI's model detection (comfy/model_detection.py) finds in such a checkpoint."""
+    if shape.family == "sd3":
+        if shape.hidden_size != 64 * shape.num_heads:
+            raise ValueError(f"SD3's MMDiT has 64-wide heads: hidden_size must be {64 * shape.num_heads}")
+        side = shape.pos_embed_max_size
+        config = {
+            "in_channels": 16, "out_channels": 16, "patch_size": 2, "input_size": None,
+            "depth": shape.num_heads,  # MMDiT derives its width (64 * depth) and heads (depth) from "depth"
+            "num_blocks": shape.depth, "mlp_ratio": shape.mlp_ratio,
+            "adm_in_channels": shape.clip_width + shape.clip_g_width,  # pooled CLIP-L + pooled CLIP-G
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": 4096, "out_features": shape.hidden_size}},
+            "num_patches": side * side, "pos_embed_max_size": side, "pos_embed_scaling_factor": None,
+            "x_block_self_attn_layers": [],
+        }
+    else:
+        if shape.hidden_size // shape.num_heads != sum(shape.axes_dim):
+            raise ValueError(f"the RoPE axes {shape.axes_dim} must add up to the head width")
+        config = {
+            "image_model": shape.family, "hidden_size": shape.hidden_size, "num_heads": shape.num_heads,
+            "depth": shape.depth, "depth_single_blocks": shape.depth_single_blocks,
+            "axes_dim": list(shape.axes_dim), "mlp_ratio": shape.mlp_ratio, "theta": 10000, "patch_size": 2,
+            "qkv_bias": True, "context_in_dim": shape.t5_width,
+        }
+        if shape.family == "flux":
+            config.update(in_channels=16, out_channels=16, vec_in_dim=shape.clip_width,
+                          guidance_embed=shape.guidance_embed)
+        else:  # chroma: its channels counted after patching
+            config.update(in_channels=64, out_channels=64, in_dim=64, out_dim=shape.hidden_size,
+                          hidden_dim=shape.approximator_width, n_layers=shape.approximator_layers)
+    config.update(shape.extra)
+    return config
+
+
+def _dit_model_config(shape: DiTShape):
+    import comfy.supported_models
+
+    config_class = {
+        "flux": comfy.supported_models.Flux if shape.guidance_embed else comfy.supported_models.FluxSchnell,
+        "chroma": comfy.supported_models.Chroma,
+        "sd3": comfy.supported_models.SD3,
+    }[shape.family]
+    return config_class(_dit_unet_config(shape))
+
+
+def _build_dit(shape: DiTShape, seed: int, dtype: torch.dtype):
+    import comfy.ldm.modules.diffusionmodules.mmdit
+    import comfy.model_management
+    import comfy.model_patcher
+
+    model_config = _dit_model_config(shape)
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device="cpu")  # the family's comfy.model_base class, as checkpoints load
+    randomize(model.diffusion_model, seed)
+    if shape.family == "sd3":  # a buffer, not a parameter: SD3's fixed 2D sin-cos position table
+        side = shape.pos_embed_max_size
+        table = comfy.ldm.modules.diffusionmodules.mmdit.get_2d_sincos_pos_embed(shape.hidden_size, side)
+        with torch.no_grad():
+            model.diffusion_model.pos_embed.copy_(torch.from_numpy(table).reshape(1, side * side, -1))
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def _clip_config(width: int, layers: int) -> dict:
+    return {"hidden_size": width, "intermediate_size": 4 * width, "num_attention_heads": max(2, width // 64),
+            "num_hidden_layers": layers}
+
+
+def _t5_config(shape: DiTShape) -> dict:
+    return {"d_model": shape.t5_width, "d_ff": shape.t5_ff, "num_heads": shape.t5_heads,
+            "d_kv": shape.t5_width // shape.t5_heads, "num_layers": shape.t5_layers}
+
+
+@functools.cache
+def _sd3_clip_model():
+    """ComfyUI's SD3 text encoder with a T5-XXL of any width: SD3ClipModel pads the CLIP-L+G tokens to T5-XXL's 4096
+    channels and appends the T5 tokens, so a narrower T5's output is zero-padded to 4096 channels too (a no-op at
+    the real width). Everything else is ComfyUI's own code."""
+    import comfy.text_encoders.sd3_clip
+
+    class PaddedT5XXLModel(comfy.text_encoders.sd3_clip.T5XXLModel):
+        def encode_token_weights(self, token_weight_pairs):
+            out = super().encode_token_weights(token_weight_pairs)
+            return (torch.nn.functional.pad(out[0], (0, 4096 - out[0].shape[-1])), *out[1:])
+
+    class SD3ClipModel(comfy.text_encoders.sd3_clip.SD3ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            model_options = model_options or {}
+            super().__init__(t5=False, device=device, dtype=dtype, model_options=model_options)
+            self.t5_attention_mask = False
+            self.t5xxl = PaddedT5XXLModel(device=device, dtype=dtype, model_options=model_options)
+
+    return SD3ClipModel
+
+
+def _build_dit_clip(shape: DiTShape, seed: int):
+    """The family's ComfyUI text encoder and tokenizer classes, their transformers shrunk through ComfyUI's
+    `<model_name>_model_config` options (read by comfy.sd1_clip.SDClipModel over the config json)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.pixart_t5
+    import comfy.text_encoders.sd3_clip
+
+    options = {"t5xxl_model_config": _t5_config(shape)}
+    if shape.family == "flux":
+        target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
+                                                        comfy.text_encoders.flux.flux_clip())
+        options["clip_l_model_config"] = _clip_config(shape.clip_width, shape.clip_layers)
+    elif shape.family == "chroma":  # what supported_models.Chroma.clip_target gives
+        target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.pixart_t5.PixArtTokenizer,
+                                                        comfy.text_encoders.pixart_t5.pixart_te())
+    else:
+        target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer, _sd3_clip_model())
+        options["clip_l_model_config"] = _clip_config(shape.clip_width, shape.clip_layers)
+        options["clip_g_model_config"] = _clip_config(shape.clip_g_width, shape.clip_layers)
+    clip = comfy.sd.CLIP(target, model_options={**options, "dtype": torch.float32})
+    randomize(clip.cond_stage_model, seed)
+    return clip
 
 
 def build_controlnet(shape: ModelShape | str = "sd15-64", seed: int = 3):
@@ -188,8 +370,10 @@ def build_controlnet(shape: ModelShape | str = "sd15-64", seed: int = 3):
     import comfy.controlnet
     import comfy.ops
 
-    shape = SHAPES[shape] if isinstance(shape, str) else shape
-    config = _unet_config(shape)
+    unet = SHAPES[shape] if isinstance(shape, str) else shape
+    if not isinstance(unet, ModelShape):
+        raise ValueError(f"no ControlNet for the {unet.family} MM-DiT: ControlNets are built for the UNet shapes")
+    config = _unet_config(unet)
     config.pop("out_channels")
     config.update(num_heads=-1, num_head_channels=64, hint_channels=3, operations=comfy.ops.disable_weight_init)
     control = randomize(comfy.cldm.cldm.ControlNet(**config), seed)
@@ -261,5 +445,5 @@ class RandomModelLoader:
         return (
             build_model(shape, seed, getattr(torch, dtype)),
             build_clip(shape, seed + 1),
-            build_vae(seed + 2),
+            build_vae(seed + 2, SHAPES[shape].latent_channels),
         )
