@@ -4,6 +4,10 @@ ComfyUI's CLIP tokenizers return, per text encoder, a list of 77-token chunks of
 pairs: a start token, the prompt's BPE tokens, an end token, padding. A BPE piece whose vocabulary
 entry ends in "</w>" closes a word.
 
+T5 (Flux's and Chroma's text encoder; its tokens are their whole text conditioning) uses sentencepiece: a piece
+starting with "▁" starts a word, and there is no start token, one end token and padding. Its words are split as
+CLIP splits them (punctuation is a word of its own), so a word names the same thing for either encoder.
+
 CLIP's BPE is byte-level: a vocabulary entry spells UTF-8 bytes with one stand-in symbol per byte ("café" is
 "cafÃ©"), and one character may be split over several tokens ("猫" is three). Pieces carry decoded text, so
 words are compared and shown as what the user typed (after CLIP's own lower-casing and NFC composition).
@@ -12,6 +16,7 @@ words are compared and shown as what the user typed (after CLIP's own lower-casi
 from __future__ import annotations
 
 import codecs
+import unicodedata
 from collections.abc import Callable
 from types import MappingProxyType
 
@@ -19,11 +24,12 @@ import torch
 
 from ..p2p import END, PAD, START, WORD, PromptTokens, TokenPiece
 
-__all__ = ["prompt_tokens", "word_splitter", "layout_tokenizer", "WordSplitter"]
+__all__ = ["prompt_tokens", "word_splitter", "layout_tokenizer", "t5_tokenizer", "WordSplitter"]
 
 WordSplitter = Callable[[str], tuple[str, ...]]  # a phrase -> the words the prompts were split into
 
 _WORD_END = "</w>"
+_T5_WORD_START = "\u2581"  # sentencepiece's "▁"
 
 
 def _byte_of_symbol() -> dict[str, int]:
@@ -70,8 +76,49 @@ def layout_tokenizer(clip, tokens: dict):
     )
 
 
+def t5_tokenizer(clip, tokens: dict):
+    """The T5 tokenizer when T5's tokens are the whole text conditioning (Flux: CLIP-L gives only the pooled
+    output; Chroma: T5 alone), else None. SD3, whose conditioning is CLIP's tokens then T5's, is not one."""
+    if "t5xxl" not in tokens or "g" in tokens:
+        return None
+    tok = getattr(clip.tokenizer, "t5xxl", None) or getattr(clip.tokenizer, "clip_t5xxl", None)
+    return tok if hasattr(tok, "inv_vocab") else None
+
+
+def _is_punctuation(text: str) -> bool:
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def _t5_words(entries: list[str]) -> list[tuple[str, bool]]:
+    """(lower-cased text, starts a word) of each sentencepiece entry: "▁" starts a word, and a piece of punctuation
+    is a word of its own (so the piece after it starts one too), as CLIP splits words."""
+    out, after_punctuation = [], False
+    for entry in entries:
+        body = entry.removeprefix(_T5_WORD_START)
+        punctuation = _is_punctuation(body)
+        out.append((body.lower(), not out or entry.startswith(_T5_WORD_START) or punctuation or after_punctuation))
+        after_punctuation = punctuation
+    return out
+
+
+def _t5_prompt_tokens(tok, text: str, chunks: list) -> PromptTokens:
+    """T5's tokens as one chunk: the words, the end token, the padding (Flux pads to 256, Chroma does not)."""
+    ids = [t[0] for chunk in chunks for t in chunk]
+    end = next((i for i, t in enumerate(ids) if not isinstance(t, torch.Tensor) and t == tok.end_token), len(ids))
+    entries = ["<embedding>" if isinstance(t, torch.Tensor) else tok.inv_vocab.get(int(t), "") for t in ids[:end]]
+    words = _t5_words(entries)
+    pieces = [TokenPiece(-1 if isinstance(t, torch.Tensor) else int(t), WORD, piece_text,
+                         i + 1 == end or words[i + 1][1])
+              for i, (t, (piece_text, _)) in enumerate(zip(ids[:end], words, strict=True))]
+    pieces += [TokenPiece(int(t), END if i == end else PAD) for i, t in enumerate(ids[end:], start=end)]
+    return PromptTokens(text, tuple(pieces), chunk_length=len(pieces))
+
+
 def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
     """Positions of one encoded prompt. `tokens` is what `clip.tokenize(text)` returned."""
+    t5 = t5_tokenizer(clip, tokens)
+    if t5 is not None:
+        return _t5_prompt_tokens(t5, text, tokens["t5xxl"])
     key, tok = layout_tokenizer(clip, tokens)
     pieces: list[TokenPiece] = []
     word_text = _WordText()  # one stream over the chunks: a long word may continue in the next chunk
@@ -98,6 +145,19 @@ def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
 
 def word_splitter(clip, tokens: dict) -> WordSplitter:
     """A function that splits a phrase into the words the prompts were split into."""
+    t5 = t5_tokenizer(clip, tokens)
+    if t5 is not None:
+        def split_t5(phrase: str) -> tuple[str, ...]:
+            entries = [t5.inv_vocab.get(t, "") for t in t5.tokenizer(phrase)["input_ids"] if t != t5.end_token]
+            words: list[str] = []
+            for piece_text, starts in _t5_words(entries):
+                if starts or not words:
+                    words.append(piece_text)
+                else:
+                    words[-1] += piece_text
+            return tuple(w for w in words if w)
+
+        return split_t5
     _, tok = layout_tokenizer(clip, tokens)
     hf = tok.tokenizer
 

@@ -115,13 +115,15 @@ def global_align(x: Sequence[int], y: Sequence[int]) -> list[int]:
 
 
 def _match_specials(source: PromptTokens, target: PromptTokens, weights: torch.Tensor) -> None:
-    """Start token to start token, end token to end token, k-th padding after the end to k-th padding."""
+    """Start token to start token (where the tokenizer has one: T5 has none), end token to end token, k-th padding
+    after the end to k-th padding."""
     for chunk in range(target.num_chunks):
         src_chunk = min(chunk, source.num_chunks - 1)
         tgt_start, tgt_tail = target.chunk_specials(chunk)
         src_start, src_tail = source.chunk_specials(src_chunk)
-        weights[:, tgt_start] = 0.0
-        weights[src_start, tgt_start] = 1.0
+        if tgt_start is not None and src_start is not None:
+            weights[:, tgt_start] = 0.0
+            weights[src_start, tgt_start] = 1.0
         for k, t in enumerate(tgt_tail):
             weights[:, t] = 0.0
             if src_tail:

@@ -67,11 +67,11 @@ class PromptTokens:
     def content_positions(self) -> list[int]:
         return [i for i, p in enumerate(self.pieces) if p.role == WORD]
 
-    def chunk_specials(self, chunk: int) -> tuple[int, list[int]]:
-        """(start position, [end, pad, pad, ...] positions) of one chunk."""
+    def chunk_specials(self, chunk: int) -> tuple[int | None, list[int]]:
+        """(start position, or None for a tokenizer without one (T5), [end, pad, pad, ...] positions) of a chunk."""
         lo = chunk * self.chunk_length
         span = range(lo, lo + self.chunk_length)
-        start = next((i for i in span if self.pieces[i].role == START), lo)
+        start = next((i for i in span if self.pieces[i].role == START), None)
         tail = [i for i in span if self.pieces[i].role in (END, PAD)]
         return start, tail
 
