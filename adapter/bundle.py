@@ -44,6 +44,7 @@ class EditBundle:
         length = max(t.shape[1] for t in tensors)
         cond = torch.cat([t.repeat(1, -(-length // t.shape[1]), 1)[:, :length] for t in tensors])  # [1+N, L, D]
         meta = dict(firsts[0][1] if extras is None else extras)
-        if "pooled_output" in firsts[0][1]:
-            meta["pooled_output"] = torch.cat([m["pooled_output"] for _, m in firsts])
+        pooled = [m.get("pooled_output") for _, m in firsts]
+        if all(isinstance(p, torch.Tensor) for p in pooled):  # Chroma's T5 has none: its entry is None
+            meta["pooled_output"] = torch.cat(pooled)
         return [[cond, meta]]

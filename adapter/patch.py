@@ -21,7 +21,7 @@ from ..p2p.inversion import Inversion, trajectory_at
 from .inversion import NullContextPatch
 from .unet import AttentionSite
 
-__all__ = ["HostRun", "install"]
+__all__ = ["HostRun", "install", "install_step_wrapper"]
 
 log = logging.getLogger("prompt_to_prompt")
 WRAPPER_KEY = "prompt_to_prompt"
@@ -150,7 +150,7 @@ class AttentionPatch:
 
 
 def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
-    """Patch a (cloned) ModelPatcher. Never call this on a MODEL that other nodes share."""
+    """Patch a (cloned) UNet ModelPatcher. Never call this on a MODEL that other nodes share."""
     blocks: dict[tuple, dict[int, AttentionSite]] = {}
     for site in sites:
         blocks.setdefault(site.key[:2], {})[site.key[2]] = site
@@ -166,6 +166,11 @@ def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
                 if (block_name, block_id, index) in table:
                     patch = AttentionPatch(host, kind, {index: site}, {index: table[(block_name, block_id, index)]})
                     model_patcher.set_model_patch_replace(patch, kind, block_name, block_id, index)
+    install_step_wrapper(model_patcher, host)
+
+
+def install_step_wrapper(model_patcher, host: HostRun) -> None:
+    """The PREDICT_NOISE wrapper that tells the run which step each evaluation is, and blends latents."""
 
     def predict_noise(executor, x, timestep, model_options, seed):
         run = host.run

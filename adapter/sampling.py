@@ -28,6 +28,7 @@ from ..p2p import AttentionCapture, CaptureSpec, EditRun
 from .attention_view import DEFAULT_CAPTURE, CapturedAttention
 from .bundle import EditBundle
 from .conditioning import conditioning_extras, crops_latent
+from .dit import install_joint, joint_family
 from .errors import check_schedule, input_error
 from .inversion import (
     InversionBundle,
@@ -132,12 +133,21 @@ class EditGuider(comfy.samplers.CFGGuider):
         node = names.node
         if not math.isfinite(cfg):
             raise input_error(node, "cfg", f"is {cfg}; it must be a finite number")
-        try:
-            self.sites = attention_sites(model)
-        except UnsupportedModel as e:
-            raise input_error(node, "model", str(e)) from None
+        self.joint = joint_family(model)  # Flux, Chroma: joint attention; None: a UNet
+        if self.joint is not None:
+            self.sites = []
+            _check_joint_run(node, self.joint, edit, inversion)
+            if capture is not None:
+                log.info("%s: attention maps are not captured on %s models yet", node, self.joint)
+                capture = None
+        else:
+            try:
+                self.sites = attention_sites(model)
+            except UnsupportedModel as e:
+                raise input_error(node, "model", str(e)) from None
         width = edit.conditionings[0][0][0].shape[-1]
-        expected = model.model.model_config.unet_config.get("context_dim")
+        config = model.model.model_config.unet_config
+        expected = config.get("context_dim") or config.get("context_in_dim")
         if expected is not None and width != expected:
             raise input_error(node, "edit", f"the prompts were encoded by a text encoder of width {width}, but this "
                               f"model expects {expected}: encode them with the CLIP of the same checkpoint")
@@ -177,12 +187,15 @@ class EditGuider(comfy.samplers.CFGGuider):
             prompts = (self.edit.batch.source, *(e.target for e in self.edit.batch.edits))
             downsample = self.capture.downsample or nearest_downsample(self.sites)
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
-        run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=nearest_downsample(self.sites),
-                      capture=recorder)
+        blend_downsample = nearest_downsample(self.sites) if self.sites else None
+        run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder)
         inversion = None if start.inversion is None else start.inversion.inversion
         host = HostRun(run, sigmas.tolist(), inversion=inversion)
         patched = self.model_patcher.clone()
-        install(patched, host, self.sites)
+        if self.joint is not None:
+            install_joint(patched, host, text_tokens=self.edit.conditionings[0][0][0].shape[1])
+        else:
+            install(patched, host, self.sites)
         if inversion is not None and inversion.method == "null_text":
             host.null_patch = NullContextPatch(names.node)
             patched.set_model_attn2_patch(host.null_patch)
@@ -222,6 +235,25 @@ class EditGuider(comfy.samplers.CFGGuider):
             negative = null_text_negative(negative, inv.null_contexts)
         # the sampler starts exactly at the inverted noise
         return _Start(latents, torch.zeros_like(latents), negative, None, bundle)
+
+
+def _check_joint_run(node: str, family: str, edit: EditBundle, inversion) -> None:
+    """What the pack does not do on Flux and Chroma yet is refused, naming the input that asks for it."""
+    lengths = sorted({c[0][0].shape[1] for c in edit.conditionings})
+    if len(lengths) > 1:
+        raise input_error(node, "edit", f"its prompts encode to {' and '.join(map(str, lengths))} text tokens; on "
+                          f"{family} models every prompt of a batch must encode to as many tokens for now (Flux pads "
+                          "to 256, so keep prompts shorter; on Chroma add or remove words to match)")
+    for e, item in enumerate(edit.batch.edits, start=1):
+        unsupported = [what for what, used in (("re-weighting (P2P Reweight)", item.weights),
+                                               ("local blend (P2P Local Blend)", item.local_blend),
+                                               ("word_schedule", item.word_windows)) if used]
+        if unsupported:
+            raise input_error(node, "edit", f"edit {e} uses {' and '.join(unsupported)}, which the pack does not do "
+                              f"on {family} models yet; on them an edit keeps the source's structure through its "
+                              "self_replace window")
+    if inversion is not None:
+        raise input_error(node, "inversion", f"editing real images on {family} models is not supported yet")
 
 
 def _check_inversion_model(node: str, bundle: InversionBundle, edit: EditBundle, model) -> None:

@@ -16,7 +16,7 @@ from .capture import (
 )
 from .errors import P2PError
 from .local_blend import BlendMaps, blend, blend_mask
-from .runtime import EditRun, LayerCall
+from .runtime import EditRun, JointCall, LayerCall
 from .schedule import Window, step_of_sigma, token_alphas
 from .spec import MODES, REWEIGHT_RANGE, Edit, EditBatch, LocalBlend, make_edit
 from .text_inputs import parse_phrases, parse_schedule, parse_weights
@@ -27,7 +27,7 @@ __all__ = [
     "LAYER_GROUPS", "AttentionCapture", "AttentionMaps", "CaptureSpec", "prompt_words", "self_components", "word_maps",
     "P2PError",
     "BlendMaps", "blend", "blend_mask",
-    "EditRun", "LayerCall",
+    "EditRun", "JointCall", "LayerCall",
     "Window", "step_of_sigma", "token_alphas",
     "MODES", "REWEIGHT_RANGE", "Edit", "EditBatch", "LocalBlend", "make_edit",
     "parse_phrases", "parse_schedule", "parse_weights",

@@ -23,7 +23,7 @@ from .local_blend import SOURCE, SUBTRACT_SOURCE, BlendMaps, blend
 from .schedule import step_of_sigma, steps_at
 from .spec import EditBatch
 
-__all__ = ["LayerCall", "EditRun", "Attend"]
+__all__ = ["LayerCall", "JointCall", "EditRun", "Attend"]
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,6 +39,15 @@ class LayerCall:
     downsample: int  # latent size / layer size (1 = full resolution)
     block: str = ""  # "input", "middle" or "output": where the layer sits in the UNet
     layer: object = None  # the layer's identity (the host's patch key), for counting captured layers
+
+
+@dataclass(frozen=True)
+class JointCall:
+    """Where the source and the edits sit in one joint (MM-DiT) attention call: text tokens first, then image."""
+
+    source_row: int
+    edit_rows: tuple[int, ...]  # one row per edit, in batch order
+    text_tokens: int  # T: the image tokens start here on the token axis
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +185,25 @@ class EditRun:
             for item, row in enumerate((call.source_row, *call.edit_rows)):
                 self.capture.add_self(item, probabilities(q[row], k[row], call.heads))
         return attend(q, k, v), rows
+
+    def joint_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: JointCall, attend: Attend
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """MM-DiT joint attention, q, k, v [R, H, T + I, d] -> (attend's output, rows changed).
+
+        Structure is kept as Shin et al. (ICCV 2025) keep it on MM-DiTs: inside an edit's self window its image
+        queries and keys are the source's, while its text tokens and all its values stay its own. Then the image-
+        to-image part of its map is the source's and its image tokens attend to its own prompt, and the host's
+        fused attention still computes everything (no map is materialised).
+        """
+        step = self.step
+        rows = [call.edit_rows[e] for e in range(len(self.batch.edits)) if self._self_on[e][step]]
+        if rows:
+            t = call.text_tokens
+            q, k = q.clone(), k.clone()
+            q[rows, :, t:] = q[call.source_row, :, t:]
+            k[rows, :, t:] = k[call.source_row, :, t:]
+        return attend(q, k, v), tuple(rows)
 
     def _first_call(self, kind: str, call: LayerCall) -> bool:
         """Whether this layer is called for the first time in this evaluation (and note that it was)."""
