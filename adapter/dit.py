@@ -1,32 +1,38 @@
-"""MM-DiT models (Flux, Chroma): where the source and the edits sit in their joint attention, and the attention
+"""MM-DiT models (Flux, Chroma, SD3): where the source and the edits sit in their joint attention, and the attention
 override that drives an `EditRun` there.
 
 ComfyUI routes every attention call of these models through `transformer_options["optimized_attention_override"]`
-(`override(func, *args, **kwargs)`). Flux's and Chroma's blocks call it with q, k, v [B, heads, T + I, d] (rotary
-embedding applied, `skip_reshape=True`), the prompt's T text tokens first. An override another node set before
-this one is chained: it gets the (injected) arguments in place of the attention function's.
+(`override(func, *args, **kwargs)`), the prompt's T text tokens first, then the I image tokens (one per 2x2 patch
+of the latent):
+* Flux and Chroma: q, k, v [B, heads, T + I, d] (rotary embedding applied, `skip_reshape=True`);
+* SD3: q, k [B, T + I, heads * d] (v is [B, T + I, heads, d]).
+A call of another length (SD3.5's image-only attention, a Flux Kontext reference image's tokens) is left alone.
+An override another node set before this one is chained: it gets the (injected) arguments in place of the
+attention function's.
 """
 
 from __future__ import annotations
+
+import math
 
 from ..p2p import JointCall
 from .patch import HostRun, install_step_wrapper
 
 __all__ = ["JOINT_FAMILIES", "joint_family", "install_joint"]
 
-# ComfyUI's diffusion-model classes whose joint attention is laid out as Flux's: their family's name
-JOINT_FAMILIES = {"Flux": "Flux", "Chroma": "Chroma"}
+# ComfyUI's diffusion-model classes whose joint attention the pack edits: their family's name
+JOINT_FAMILIES = {"Flux": "Flux", "Chroma": "Chroma", "OpenAISignatureMMDITWrapper": "SD3"}
 
 
 def joint_family(model_patcher) -> str | None:
-    """"Flux" or "Chroma" for a model whose joint attention the pack edits, else None."""
+    """"Flux", "Chroma" or "SD3" for a model whose joint attention the pack edits, else None."""
     dm = model_patcher.get_model_object("diffusion_model")
     return JOINT_FAMILIES.get(type(dm).__name__)
 
 
 class JointAttentionOverride:
-    def __init__(self, host: HostRun, text_tokens: int, prior=None):
-        self.host, self.text_tokens, self.prior = host, text_tokens, prior
+    def __init__(self, host: HostRun, text_tokens: int, patch_size: int, prior=None):
+        self.host, self.text_tokens, self.patch_size, self.prior = host, text_tokens, patch_size, prior
 
     def __deepcopy__(self, memo):
         return self  # model_options are deep-copied on clone; the run must stay one object
@@ -37,13 +43,16 @@ class JointAttentionOverride:
     def _layout(self, q, options: dict, kwargs: dict) -> JointCall | None:
         host = self.host
         chunks, uuids = options.get("cond_or_uncond") or [], options.get("uuids") or []
-        if not kwargs.get("skip_reshape") or q.ndim != 4 or not chunks or q.shape[0] % len(chunks):
+        token_axis = 2 if kwargs.get("skip_reshape") else 1
+        if q.ndim != token_axis + 2 or not chunks or q.shape[0] % len(chunks) or host.latent_size is None:
             return None
         size = q.shape[0] // len(chunks)
-        if size != host.run.batch.size or host.positive_uuid not in uuids or q.shape[2] <= self.text_tokens:
+        h, w = (math.ceil(side / self.patch_size) for side in host.latent_size)
+        joint = q.shape[token_axis] == self.text_tokens + h * w  # not an image-only or reference-image call
+        if size != host.run.batch.size or host.positive_uuid not in uuids or not joint:
             return None
         source = uuids.index(host.positive_uuid) * size
-        return JointCall(source, tuple(range(source + 1, source + size)), self.text_tokens)
+        return JointCall(source, tuple(range(source + 1, source + size)), self.text_tokens, token_axis)
 
     def __call__(self, func, *args, **kwargs):
         q, k, v = args[:3]
@@ -59,8 +68,9 @@ class JointAttentionOverride:
 
 
 def install_joint(model_patcher, host: HostRun, text_tokens: int) -> None:
-    """Patch a (cloned) Flux or Chroma ModelPatcher whose prompts are `text_tokens` tokens long."""
+    """Patch a (cloned) Flux, Chroma or SD3 ModelPatcher whose prompts are `text_tokens` tokens long."""
+    patch_size = model_patcher.model.model_config.unet_config.get("patch_size", 2)
     options = model_patcher.model_options.setdefault("transformer_options", {})
     options["optimized_attention_override"] = JointAttentionOverride(
-        host, text_tokens, options.get("optimized_attention_override"))
+        host, text_tokens, patch_size, options.get("optimized_attention_override"))
     install_step_wrapper(model_patcher, host)

@@ -40,6 +40,7 @@ class HostRun:
     positive_uuid: object = None  # set once the guider has converted the conditioning
     warned: set = field(default_factory=set)
     inversion: Inversion | None = None  # editing a real image: the source retraces this path
+    latent_size: tuple[int, int] | None = None  # (H, W) of the latent being evaluated (MM-DiTs count tokens by it)
     null_patch: NullContextPatch | None = None  # null_text: the attn2 patch carrying each step's unconditional context
 
     def source_latent(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -176,6 +177,7 @@ def install_step_wrapper(model_patcher, host: HostRun) -> None:
         run = host.run
         sigma = float(timestep.max())
         step = run.begin_evaluation(sigma, host.sigmas)
+        host.latent_size = (x.shape[-2], x.shape[-1])
         # In place: x is the sampler's own latent (ComfyUI hands it on unchanged unless a noise mask is set),
         # so local blend resets the state the sampler steps from, not a copy.
         run.blend_state(x, host.source_latent(x, sigma))

@@ -238,7 +238,7 @@ class EditGuider(comfy.samplers.CFGGuider):
 
 
 def _check_joint_run(node: str, family: str, edit: EditBundle, inversion) -> None:
-    """What the pack does not do on Flux and Chroma yet is refused, naming the input that asks for it."""
+    """What the pack does not do on Flux, Chroma and SD3 yet is refused, naming the input that asks for it."""
     lengths = sorted({c[0][0].shape[1] for c in edit.conditionings})
     if len(lengths) > 1:
         raise input_error(node, "edit", f"its prompts encode to {' and '.join(map(str, lengths))} text tokens; on "

@@ -48,6 +48,7 @@ class JointCall:
     source_row: int
     edit_rows: tuple[int, ...]  # one row per edit, in batch order
     text_tokens: int  # T: the image tokens start here on the token axis
+    token_axis: int = 2  # q, k are [R, H, T + I, d] (Flux) or [R, T + I, H * d] (SD3, axis 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,7 +190,7 @@ class EditRun:
     def joint_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: JointCall, attend: Attend
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """MM-DiT joint attention, q, k, v [R, H, T + I, d] -> (attend's output, rows changed).
+        """MM-DiT joint attention, q and k [R, H, T + I, d] or [R, T + I, H * d] -> (attend's output, rows changed).
 
         Structure is kept as Shin et al. (ICCV 2025) keep it on MM-DiTs: inside an edit's self window its image
         queries and keys are the source's, while its text tokens and all its values stay its own. Then the image-
@@ -199,10 +200,10 @@ class EditRun:
         step = self.step
         rows = [call.edit_rows[e] for e in range(len(self.batch.edits)) if self._self_on[e][step]]
         if rows:
-            t = call.text_tokens
+            image = (slice(None),) * (call.token_axis - 1) + (slice(call.text_tokens, None),)
             q, k = q.clone(), k.clone()
-            q[rows, :, t:] = q[call.source_row, :, t:]
-            k[rows, :, t:] = k[call.source_row, :, t:]
+            q[(rows, *image)] = q[(call.source_row, *image)]
+            k[(rows, *image)] = k[(call.source_row, *image)]
         return attend(q, k, v), tuple(rows)
 
     def _first_call(self, kind: str, call: LayerCall) -> bool:

@@ -1,5 +1,5 @@
-"""P2PSampler and P2PGuider on Flux and Chroma (tiny random models from ComfyUI's classes, with ComfyUI's real
-T5 tokenizer), through ComfyUI's own executor: the source is the stock sampler's picture, the edit keeps the
+"""P2PSampler and P2PGuider on Flux, Chroma and SD3 (tiny random models from ComfyUI's classes, with ComfyUI's real
+T5 and CLIP tokenizers), through ComfyUI's own executor: the source is the stock sampler's picture, the edit keeps the
 source's structure by taking its image queries and keys inside the self window (Shin et al., ICCV 2025), and what
 the pack does not do on these models yet is refused naming the input."""
 
@@ -12,7 +12,8 @@ from tools.host import HostError
 
 SOURCE = "a red circle on the left"
 TARGET = "a blue circle on the left"
-CFG = {"flux": 1.0, "chroma": 4.0}  # Flux.1-dev is guidance-distilled: cfg 1
+CFG = {"flux": 1.0, "chroma": 4.0, "sd3": 4.0}  # Flux.1-dev is guidance-distilled: cfg 1
+FAMILIES = list(CFG)
 BATCH_ROUNDING = 1e-5  # see test_p2p_sampler: one row of a batch differs from a batch-1 run by the backend's rounding
 
 
@@ -40,7 +41,7 @@ def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("family", ["flux", "chroma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_source_is_the_stock_sampler_picture(host, family):
     """Bit for bit at the same batch; the edit differs. With Chroma's real CFG the unconditional rows are untouched
     (otherwise the source would differ)."""
@@ -51,7 +52,7 @@ def test_the_source_is_the_stock_sampler_picture(host, family):
     assert relative_error(p2p[1], p2p[0]) > 1e-3
 
 
-@pytest.mark.parametrize("family", ["flux", "chroma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_with_an_ancestral_sampler_the_source_is_a_single_stock_run(host, family):
     """The per-step noise is drawn as for one latent and shared, so the source matches the stock sampler on one
     latent, to the backend's batch rounding."""
@@ -61,7 +62,7 @@ def test_with_an_ancestral_sampler_the_source_is_a_single_stock_run(host, family
     assert relative_error(samples(out, "p2p")[0], samples(out, "plain")[0]) < BATCH_ROUNDING
 
 
-@pytest.mark.parametrize("family", ["flux", "chroma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_identical_prompts_with_a_full_window_reproduce_the_source(host, family):
     g, _ = dit_graph(family, target=SOURCE, self_replace=1.0)
     out = samples(host.run(g.prompt(), keep=("p2p",)), "p2p")
@@ -92,12 +93,17 @@ class JointRecorder:
 
         def override(func, *args, **kwargs):
             q, k = args[0], args[1]
-            options = kwargs.get("transformer_options") or {}
-            if q.ndim == 4 and q.shape[0] == 2 and options.get("cond_or_uncond") == [0]:
-                t = text_tokens
-                image = torch.equal(q[1, :, t:], q[0, :, t:]) and torch.equal(k[1, :, t:], k[0, :, t:])
-                records.append({"sigma": float(options["sigmas"].max()), "image": image,
-                                "text": torch.equal(q[1, :, :t], q[0, :, :t])})
+            chunks = (kwargs.get("transformer_options") or {}).get("cond_or_uncond") or []
+            axis = 2 if kwargs.get("skip_reshape") else 1  # Flux [B, H, L, d]; SD3 [B, L, H * d]
+            if 0 in chunks and q.shape[0] == 2 * len(chunks) and q.shape[axis] > text_tokens:
+                source = 2 * chunks.index(0)
+                image = (slice(None),) * (axis - 1) + (slice(text_tokens, None),)
+                text = (slice(None),) * (axis - 1) + (slice(None, text_tokens),)
+                records.append({
+                    "sigma": float(kwargs["transformer_options"]["sigmas"].max()),
+                    "image": all(torch.equal(x[(source + 1, *image)], x[(source, *image)]) for x in (q, k)),
+                    "text": torch.equal(q[(source + 1, *text)], q[(source, *text)]),
+                })
             return func(*args, **kwargs)
 
         m = model.clone()
@@ -105,17 +111,19 @@ class JointRecorder:
         return (m,)
 
 
-def test_inside_the_self_window_the_edit_takes_the_source_image_queries_and_keys(host):
-    """Flux at cfg 1 (no unconditional pass): 6 steps, self_replace 0.5, so steps 1-3 inject and 4-6 do not; the
-    edit's text tokens (another prompt) are always its own."""
+@pytest.mark.parametrize("family, text_tokens, calls", [("flux", 256, 4), ("sd3", 154, 3)])
+def test_inside_the_self_window_the_edit_takes_the_source_image_queries_and_keys(host, family, text_tokens, calls):
+    """6 steps, self_replace 0.5: steps 1-3 inject and 4-6 do not; the edit's text tokens (another prompt) are
+    always its own. Flux (cfg 1, [B, H, L, d], 2 double + 2 single blocks) and SD3 (cfg 4, [B, L, H * d], 3 joint
+    blocks; 77 CLIP + 77 T5 text tokens)."""
     host.register({"P2PTestJointRecorder": JointRecorder})
-    g, n = dit_graph("flux", self_replace=0.5)
-    g.node("P2PTestJointRecorder", "recorder", model=n["model"], text_tokens=256)
+    g, n = dit_graph(family, self_replace=0.5)
+    g.node("P2PTestJointRecorder", "recorder", model=n["model"], text_tokens=text_tokens)
     n["p2p"].inputs["model"] = g.nodes["recorder"]
     host.run(g.prompt(), keep=("p2p",))
     records = JointRecorder.RECORDS
     sigmas = sorted({r["sigma"] for r in records}, reverse=True)
-    assert len(sigmas) == 6 and len(records) == 6 * 4  # 2 double + 2 single blocks per evaluation
+    assert len(sigmas) == 6 and len(records) == 6 * calls
     inside = [r for r in records if r["sigma"] in sigmas[:3]]
     outside = [r for r in records if r["sigma"] in sigmas[3:]]
     assert all(r["image"] for r in inside)

@@ -390,10 +390,11 @@ def test_error_different_source_in_previous(host):
     assert "P2PEditSpec" in message and "source_prompt" in message
 
 
-def test_error_model_without_unet_cross_attention(host):
-    """A transformer model (SD3-shaped, built from ComfyUI's classes) is refused with a message naming its family."""
+def test_error_model_the_pack_does_not_edit(host):
+    """A transformer model the pack does not edit (AuraFlow-shaped, built from ComfyUI's classes) is refused with a
+    message naming its family."""
 
-    class TinySD3:
+    class TinyAuraFlow:
         RETURN_TYPES = ("MODEL",)
         FUNCTION = "load"
         CATEGORY = "prompt_to_prompt/dev"
@@ -407,20 +408,15 @@ def test_error_model_without_unet_cross_attention(host):
             import comfy.model_patcher
             import comfy.supported_models
 
-            config = comfy.supported_models.SD3({"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 1,
-                                                 "input_size": None, "adm_in_channels": 32,
-                                                 "context_embedder_config": {"target": "torch.nn.Linear",
-                                                                             "params": {"in_features": 32,
-                                                                                        "out_features": 64}},
-                                                 "num_patches": 64, "pos_embed_max_size": 8,
-                                                 "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []})
+            config = comfy.supported_models.AuraFlow({"cond_seq_dim": 32, "dim": 64, "n_layers": 2,
+                                                      "n_double_layers": 1, "n_heads": 2, "global_conddim": 64,
+                                                      "max_seq": 64})
             model = config.get_model({})
             return (comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(), "cpu"),)
 
-    host.register({"TinySD3": TinySD3})
+    host.register({"TinyAuraFlow": TinyAuraFlow})
     g, n = p2p_graph()
-    g.node("TinySD3", "sd3")
-    n["p2p"].inputs["model"] = g.nodes["sd3"].out(0)
+    g.node("TinyAuraFlow", "aura")
+    n["p2p"].inputs["model"] = g.nodes["aura"].out(0)
     message = run_error(host, g)
-    assert message.startswith("P2PSampler: input 'model': SD3 models (OpenAISignatureMMDITWrapper) are not "
-                              "supported yet")
+    assert message.startswith("P2PSampler: input 'model': AuraFlow models (MMDiT) are not supported yet")
