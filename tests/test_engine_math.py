@@ -8,6 +8,7 @@ import torch
 from p2p import (
     EditBatch,
     EditRun,
+    JointCall,
     LayerCall,
     LocalBlend,
     P2PError,
@@ -145,6 +146,30 @@ def test_self_injection_equals_explicit_map_copy():
     source_map = probabilities(q[2], k[2], HEADS)  # [H, N, N], materialised here only to compare
     torch.testing.assert_close(out[3], apply_probabilities(source_map, v[3], HEADS))
     torch.testing.assert_close(out[:3], vanilla_attention(q, k, v)[:3])
+
+
+@pytest.mark.parametrize("token_axis", [2, 1])
+@pytest.mark.parametrize("self_replace, injected", [(1.0, True), (0.0, False)])
+def test_joint_injection_gives_the_edit_the_source_image_queries_and_keys(token_axis, self_replace, injected):
+    """MM-DiT joint attention, text tokens first: inside the window the edit's image q and k become the source's,
+    its text tokens and every value stay its own (Flux's [R, H, T+I, d] and SD3's [R, T+I, H*d] layouts)."""
+    run = _run_with({"self_replace": self_replace})
+    text, shape = 3, ((4, HEADS, 7, 4) if token_axis == 2 else (4, 7, HEADS * 4))
+    q, k, v = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    seen = {}
+
+    def attend(q_, k_, v_):
+        seen.update(q=q_, k=k_, v=v_)
+        return q_ + k_ + v_
+
+    out, changed = run.joint_attention(q, k, v, JointCall(2, (3,), text, token_axis), attend)
+    image = (slice(None),) * (token_axis - 1) + (slice(text, None),)
+    words = (slice(None),) * (token_axis - 1) + (slice(None, text),)
+    assert changed == ((3,) if injected else ())
+    assert torch.equal(seen["q"][(3, *image)], (q[(2, *image)] if injected else q[(3, *image)]))
+    assert torch.equal(seen["k"][(3, *image)], (k[(2, *image)] if injected else k[(3, *image)]))
+    assert torch.equal(seen["q"][(3, *words)], q[(3, *words)]) and torch.equal(seen["v"], v)
+    assert torch.equal(seen["q"][:3], q[:3]) and torch.equal(out, seen["q"] + seen["k"] + v)
 
 
 def test_self_injection_respects_layer_resolution():

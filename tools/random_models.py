@@ -154,8 +154,6 @@ def _unet_config(shape: ModelShape) -> dict:
 def build_model(shape: ModelShape | DiTShape | str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32):
     """A ComfyUI MODEL (ModelPatcher) with random weights."""
     import comfy.model_base
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.supported_models
 
     shape = SHAPES[shape] if isinstance(shape, str) else shape
@@ -178,6 +176,14 @@ def build_model(shape: ModelShape | DiTShape | str = "sd15", seed: int = 0, dtyp
     model = model_class(model_config, model_type=model_type, device="cpu")
     randomize(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
+    return _model_patcher(model)
+
+
+def _model_patcher(model):
+    """A MODEL as ComfyUI's loaders return one: the model on its load and offload devices."""
+    import comfy.model_management
+    import comfy.model_patcher
+
     return comfy.model_patcher.ModelPatcher(
         model,
         load_device=comfy.model_management.get_torch_device(),
@@ -285,8 +291,6 @@ def _dit_model_config(shape: DiTShape):
 
 def _build_dit(shape: DiTShape, seed: int, dtype: torch.dtype):
     import comfy.ldm.modules.diffusionmodules.mmdit
-    import comfy.model_management
-    import comfy.model_patcher
 
     model_config = _dit_model_config(shape)
     model_config.set_inference_dtype(dtype, None)
@@ -298,11 +302,7 @@ def _build_dit(shape: DiTShape, seed: int, dtype: torch.dtype):
         with torch.no_grad():
             model.diffusion_model.pos_embed.copy_(torch.from_numpy(table).reshape(1, side * side, -1))
     model.diffusion_model.to(dtype)
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return _model_patcher(model)
 
 
 def _clip_config(width: int, layers: int) -> dict:
