@@ -8,11 +8,7 @@ must stay the stock KSampler's picture at the same batch size.
 import pytest
 import torch
 
-from p2p_graphs import SOURCE, add_plain_ksampler, p2p_graph, samples
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from p2p_graphs import SOURCE, add_plain_ksampler, p2p_graph, relative_error, samples
 
 
 def with_pag(g, model):

@@ -6,7 +6,7 @@ the pack does not do on these models yet is refused naming the input."""
 import pytest
 import torch
 
-from p2p_graphs import add_guided_run, add_sigmas, samples
+from p2p_graphs import BATCH_ROUNDING, add_guided_run, add_sigmas, relative_error, samples
 from tools.graph import Graph
 from tools.host import HostError
 
@@ -14,7 +14,6 @@ SOURCE = "a red circle on the left"
 TARGET = "a blue circle on the left"
 CFG = {"flux": 1.0, "chroma": 4.0, "sd3": 4.0}  # Flux.1-dev is guidance-distilled: cfg 1
 FAMILIES = list(CFG)
-BATCH_ROUNDING = 1e-5  # see test_p2p_sampler: one row of a batch differs from a batch-1 run by the backend's rounding
 
 
 def dit_graph(family, source=SOURCE, target=TARGET, sampler="euler", self_replace=0.4, steps=6):
@@ -36,9 +35,6 @@ def dit_graph(family, source=SOURCE, target=TARGET, sampler="euler", self_replac
     return g, {"loader": loader, "model": model, "clip": clip, "edit": edit, "negative": negative, "latent": latent,
                "p2p": p2p}
 
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -4,14 +4,8 @@ equivalent KSampler settings, any sigmas, two-stage runs, attention capture, inv
 import pytest
 import torch
 
-from p2p_graphs import SOURCE, add_guided_run, add_sigmas, p2p_graph, samples
+from p2p_graphs import BATCH_ROUNDING, SOURCE, add_guided_run, add_sigmas, p2p_graph, relative_error, samples
 from tools.host import HostError
-
-BATCH_ROUNDING = 1e-5  # see test_p2p_sampler: a batch-1 run differs from a batch row by the backend's rounding
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("sigmas", ["basic", "karras"])

@@ -10,11 +10,7 @@ runs the pack's attention control with its own blending switched off, and both r
 import pytest
 import torch
 
-from p2p_graphs import p2p_graph, samples
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from p2p_graphs import p2p_graph, relative_error, samples
 
 
 def public_schedule(pack):

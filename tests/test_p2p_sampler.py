@@ -15,27 +15,19 @@ import math
 import pytest
 import torch
 
-from p2p_graphs import SOURCE, TARGET, Recorder, add_plain_ksampler, p2p_graph, samples
+from p2p_graphs import BATCH_ROUNDING, SOURCE, TARGET, Recorder, add_plain_ksampler, p2p_graph, relative_error, samples
 from tools.host import HostError
 
 DETERMINISTIC = ["euler", "heun", "dpmpp_2m", "uni_pc", "ddim", "lms", "dpm_2", "deis", "ipndm"]
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
               "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "ddpm", "lcm", "er_sde", "seeds_2", "sa_solver"]
 
-# The CPU backend's UNet is not batch-size invariant: one forward pass of the same latent at batch 1 and
-# at batch 4 differs by ~1e-7 relative (measured; ComfyUI's plain KSampler shows the same when its batch
-# grows). A P2P run is a bigger batch than a single generation, so against a batch-1 KSampler the source
-# can only match to within that rounding, accumulated over the steps.
-BATCH_ROUNDING = 1e-5
 
 
 @pytest.fixture(scope="module", autouse=True)
 def recorder(host):
     host.register({"P2PTestRecorder": Recorder})
 
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("sampler", DETERMINISTIC)

@@ -7,7 +7,7 @@ item is what it would be with its own prompt alone.
 import pytest
 import torch
 
-from p2p_graphs import SOURCE, Recorder, add_plain_ksampler, p2p_graph, samples
+from p2p_graphs import SOURCE, Recorder, add_plain_ksampler, p2p_graph, relative_error, samples
 
 FILLER = "a tiny dot in the corner"  # 6 tokens
 
@@ -24,9 +24,6 @@ def prompt_of_chunks(base: str, chunks: int) -> str:
 def recorder(host):
     host.register({"P2PTestRecorder": Recorder})
 
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def p2p_context_lengths():
