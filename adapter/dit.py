@@ -40,7 +40,7 @@ class JointAttentionOverride:
     def _next(self, func, *args, **kwargs):
         return self.prior(func, *args, **kwargs) if self.prior is not None else func(*args, **kwargs)
 
-    def _layout(self, q, options: dict, kwargs: dict) -> JointCall | None:
+    def _layout(self, q, options: dict, kwargs: dict, args: tuple) -> JointCall | None:
         host = self.host
         chunks, uuids = options.get("cond_or_uncond") or [], options.get("uuids") or []
         token_axis = 2 if kwargs.get("skip_reshape") else 1
@@ -52,18 +52,27 @@ class JointAttentionOverride:
         if size != host.run.batch.size or host.positive_uuid not in uuids or not joint:
             return None
         source = uuids.index(host.positive_uuid) * size
-        return JointCall(source, tuple(range(source + 1, source + size)), self.text_tokens, token_axis)
+        heads = q.shape[1] if token_axis == 2 else kwargs.get("heads", args[3] if len(args) > 3 else None)
+        if heads is None:
+            return None
+        layer = (options["block_type"], options["block_index"]) if "block_index" in options else None
+        return JointCall(source, tuple(range(source + 1, source + size)), self.text_tokens, heads=int(heads),
+                         spatial=(h, w), token_axis=token_axis, layer=layer)
 
     def __call__(self, func, *args, **kwargs):
         q, k, v = args[:3]
-        call = self._layout(q, kwargs.get("transformer_options") or {}, kwargs)
+        call = self._layout(q, kwargs.get("transformer_options") or {}, kwargs, args)
         if call is None:
             return self._next(func, *args, **kwargs)
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
 
-        def attend(q_, k_, v_):
-            return self._next(func, q_, k_, v_, *args[3:], **kwargs)
+        def attend(q_, k_, v_, mask_):
+            if len(args) > 4:
+                return self._next(func, q_, k_, v_, args[3], mask_, *args[5:], **kwargs)
+            return self._next(func, q_, k_, v_, *args[3:], **({**kwargs, "mask": mask_} if mask is not None
+                                                               else kwargs))
 
-        out, _ = self.host.run.joint_attention(q, k, v, call, attend)
+        out, _ = self.host.run.joint_attention(q, k, v, call, attend, mask)
         return out
 
 

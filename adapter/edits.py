@@ -62,7 +62,7 @@ def edit_spec(node: str, clip, s: EditSettings, previous: EditBundle | None) -> 
         raise input_error(node, "clip", "no CLIP (the checkpoint loader found no text encoder)")
     try:
         src_tokens, src_cond = _encode(clip, s.source_prompt)
-        source = prompt_tokens(clip, s.source_prompt, src_tokens)
+        source = prompt_tokens(clip, s.source_prompt, src_tokens, src_cond[0][0].shape[1])
         split = word_splitter(clip, src_tokens)
     except ValueError as e:
         raise input_error(node, "clip", str(e)) from None
@@ -72,7 +72,7 @@ def edit_spec(node: str, clip, s: EditSettings, previous: EditBundle | None) -> 
         with node_input(node, name):
             fraction(getattr(s, name))
     tgt_tokens, tgt_cond = _encode(clip, s.target_prompt)
-    target = prompt_tokens(clip, s.target_prompt, tgt_tokens)
+    target = prompt_tokens(clip, s.target_prompt, tgt_tokens, tgt_cond[0][0].shape[1])
     with node_input(node, "target_prompt"):  # the word counts of a swap; the mode is a checked combo
         edit = make_edit(source, target, s.mode, s.cross_replace, s.self_replace, SELF_LAYERS[s.self_layers])
     with node_input(node, "word_schedule"):

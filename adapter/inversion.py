@@ -18,6 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 import torch
@@ -27,7 +28,7 @@ from ..p2p.inversion import Inversion, ddim_inversion, ddim_step, null_text_inve
 from .errors import check_schedule, input_error
 
 __all__ = ["InversionBundle", "InvertSettings", "invert", "deterministic_samplers", "NullContextPatch",
-           "null_text_negative", "crop_to_fit", "latent_multiple", "save_inversion", "load_inversion",
+           "null_text_negative", "crop_to_fit", "latent_multiple", "flow_model", "save_inversion", "load_inversion",
            "inversion_files", "inversion_path", "same_schedule", "FOLDER"]
 
 FOLDER = "p2p_inversions"
@@ -86,9 +87,18 @@ def crop_to_fit(image: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def latent_multiple(model) -> int:
-    """The model's latent size step: its UNet halves the latent once per level but the last."""
-    levels = len(model.model.model_config.unet_config.get("channel_mult", (1, 2, 4, 4)))
+    """The model's latent size step: its UNet halves the latent once per level but the last; a transformer
+    (Flux, Chroma, SD3) cuts it into patches."""
+    config = model.model.model_config.unet_config
+    if "patch_size" in config and "channel_mult" not in config:
+        return int(config["patch_size"])
+    levels = len(config.get("channel_mult", (1, 2, 4, 4)))
     return 2 ** (levels - 1)
+
+
+def flow_model(model) -> bool:
+    """Whether the model is a rectified flow (Flux, Chroma, SD3): latents (1 - sigma) x0 + sigma eps."""
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
 
 
 class NullContextPatch:
@@ -199,7 +209,8 @@ def invert(node: str, model, vae, image: torch.Tensor, positive, prompt: str, ne
     path: dict = {}
 
     def walk(denoise, x, sigma_schedule):
-        path["trajectory"] = ddim_inversion(denoise, x, sigma_schedule.to(x.device), on_step=progress)
+        path["trajectory"] = ddim_inversion(denoise, x, sigma_schedule.to(x.device), on_step=progress,
+                                            flow=flow_model(model))
         return path["trajectory"][0:1]
 
     # guidance 1: the conditional prediction alone, as DDIM inversion uses it

@@ -34,6 +34,7 @@ from .inversion import (
     InversionBundle,
     NullContextPatch,
     deterministic_samplers,
+    flow_model,
     latent_multiple,
     null_text_negative,
     same_schedule,
@@ -41,7 +42,8 @@ from .inversion import (
 from .patch import HostRun, install
 from .unet import UnsupportedModel, attention_sites, nearest_downsample
 
-__all__ = ["InputNames", "SAMPLER_INPUTS", "GUIDER_INPUTS", "EditGuider", "RunOutput", "shared_noise_sampler"]
+__all__ = ["InputNames", "SAMPLER_INPUTS", "GUIDER_INPUTS", "EditGuider", "RunOutput", "shared_noise_sampler",
+           "check_invertible"]
 
 log = logging.getLogger("prompt_to_prompt")
 KEPT_RUNS = 4  # runs whose attention a guider keeps for P2P Guider Attention (one guider, several samplers)
@@ -133,13 +135,13 @@ class EditGuider(comfy.samplers.CFGGuider):
         node = names.node
         if not math.isfinite(cfg):
             raise input_error(node, "cfg", f"is {cfg}; it must be a finite number")
-        self.joint = joint_family(model)  # Flux, Chroma: joint attention; None: a UNet
+        self.joint = joint_family(model)  # Flux, Chroma, SD3: joint attention; None: a UNet
         if self.joint is not None:
             self.sites = []
             _check_joint_run(node, self.joint, edit, inversion)
-            if capture is not None:
-                log.info("%s: attention maps are not captured on %s models yet", node, self.joint)
-                capture = None
+            if capture is not None and (capture.downsample is not None or capture.layers != DEFAULT_CAPTURE.layers):
+                log.info("%s: on %s models every joint block is captured; the capture's resolution and layers "
+                         "are for UNets", node, self.joint)
         else:
             try:
                 self.sites = attention_sites(model)
@@ -151,7 +153,7 @@ class EditGuider(comfy.samplers.CFGGuider):
         if expected is not None and width != expected:
             raise input_error(node, "edit", f"the prompts were encoded by a text encoder of width {width}, but this "
                               f"model expects {expected}: encode them with the CLIP of the same checkpoint")
-        if capture is not None:
+        if capture is not None and self.joint is None:
             classes = sorted({s.downsample for s in self.sites})
             if (capture.downsample or nearest_downsample(self.sites)) not in classes:
                 raise input_error(node, "capture", f"this model has no attention layers at 1/{capture.downsample} "
@@ -185,7 +187,7 @@ class EditGuider(comfy.samplers.CFGGuider):
         recorder = None
         if self.capture is not None:
             prompts = (self.edit.batch.source, *(e.target for e in self.edit.batch.edits))
-            downsample = self.capture.downsample or nearest_downsample(self.sites)
+            downsample = (self.capture.downsample or nearest_downsample(self.sites)) if self.sites else 1
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
         blend_downsample = nearest_downsample(self.sites) if self.sites else None
         run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder)
@@ -193,7 +195,8 @@ class EditGuider(comfy.samplers.CFGGuider):
         host = HostRun(run, sigmas.tolist(), inversion=inversion)
         patched = self.model_patcher.clone()
         if self.joint is not None:
-            install_joint(patched, host, text_tokens=self.edit.conditionings[0][0][0].shape[1])
+            # the batch's text tokens: the longest prompt's (`EditBundle.positive` pads the others to it)
+            install_joint(patched, host, text_tokens=max(c[0][0].shape[1] for c in self.edit.conditionings))
         else:
             install(patched, host, self.sites)
         if inversion is not None and inversion.method == "null_text":
@@ -228,32 +231,53 @@ class EditGuider(comfy.samplers.CFGGuider):
         inv = bundle.inversion
         start = self.model_patcher.model.process_latent_out(inv.noise[None].float())
         latents = start.repeat(size, *([1] * (start.ndim - 1)))
+        # The sampler starts exactly at the inverted noise: a VP model's first latent is latent + noise, so the noise
+        # is zero; a rectified flow's is sigma_0 * noise + (1 - sigma_0) * latent, so the noise is the start too.
+        noise = inv.noise[None].float().repeat(latents.shape[0], *([1] * (start.ndim - 1))) \
+            if flow_model(self.model_patcher) else torch.zeros_like(latents)
         negative = self.negative
         if inv.method == "negative_prompt":
             negative = self.edit.conditionings[0]  # the source prompt as the negative, for every item
         elif inv.method == "null_text" and inv.null_contexts is not None:  # Inversion requires them for null_text
             negative = null_text_negative(negative, inv.null_contexts)
-        # the sampler starts exactly at the inverted noise
-        return _Start(latents, torch.zeros_like(latents), negative, None, bundle)
+        return _Start(latents, noise, negative, None, bundle)
 
 
 def _check_joint_run(node: str, family: str, edit: EditBundle, inversion) -> None:
-    """What the pack does not do on Flux, Chroma and SD3 yet is refused, naming the input that asks for it."""
-    lengths = sorted({c[0][0].shape[1] for c in edit.conditionings})
-    if len(lengths) > 1:
-        raise input_error(node, "edit", f"its prompts encode to {' and '.join(map(str, lengths))} text tokens; on "
-                          f"{family} models every prompt of a batch must encode to as many tokens for now (Flux pads "
-                          "to 256, so keep prompts shorter; on Chroma add or remove words to match)")
-    for e, item in enumerate(edit.batch.edits, start=1):
-        unsupported = [what for what, used in (("re-weighting (P2P Reweight)", item.weights),
-                                               ("local blend (P2P Local Blend)", item.local_blend),
-                                               ("word_schedule", item.word_windows)) if used]
-        if unsupported:
-            raise input_error(node, "edit", f"edit {e} uses {' and '.join(unsupported)}, which the pack does not do "
-                              f"on {family} models yet; on them an edit keeps the source's structure through its "
-                              "self_replace window")
-    if inversion is not None:
-        raise input_error(node, "inversion", f"editing real images on {family} models is not supported yet")
+    """What the pack does not do on Flux, Chroma and SD3 is refused, naming the input that asks for it."""
+    lengths = [c[0][0].shape[1] for c in edit.conditionings]
+    prompts = (edit.batch.source, *(e.target for e in edit.batch.edits))
+    if any(p.length != n for p, n in zip(prompts, lengths, strict=True)):
+        # SD3 whose T5 part is not a whole number of 77-token chunks (a long prompt): the words' columns are unknown
+        where = f"among their {max(lengths)} text tokens on {family} models (a T5 part longer than 77 tokens)"
+        if len(set(lengths)) > 1:
+            raise input_error(node, "edit", f"its prompts encode to {' and '.join(map(str, sorted(set(lengths))))} "
+                              f"text tokens, and the pack cannot place their words {where}: shorten the prompts")
+        word_inputs = [f"edit {e} uses {what}" for e, item in enumerate(edit.batch.edits, start=1)
+                       for what, used in (("re-weighting (P2P Reweight)", item.weights),
+                                          ("local blend (P2P Local Blend)", item.local_blend),
+                                          ("word_schedule", item.word_windows)) if used]
+        if word_inputs:
+            raise input_error(node, "edit", f"{'; '.join(word_inputs)}, but the pack cannot place the words of "
+                              f"these prompts {where}: shorten the prompts")
+        log.warning("%s: the words of these prompts cannot be placed %s, so cross_replace is not applied; shorten "
+                    "the prompts", node, where)
+    if inversion is not None and inversion.inversion.method == "null_text":
+        raise input_error(node, "inversion", f"is a null_text inversion, which {family} models cannot retrace (its "
+                          "unconditional text is set through UNet cross-attention); invert with direct or ddim")
+
+
+def check_invertible(node: str, model, method: str) -> None:
+    """P2PInvert's model check: a UNet the pack edits, or Flux, Chroma and SD3 with the methods they retrace."""
+    family = joint_family(model)
+    if family is None:
+        try:
+            attention_sites(model)
+        except UnsupportedModel as e:
+            raise input_error(node, "model", str(e)) from None
+    elif method == "null_text":
+        raise input_error(node, "method", f"null_text sets the unconditional text through UNet cross-attention, "
+                          f"which {family} models do not have; use direct, ddim or negative_prompt")
 
 
 def _check_inversion_model(node: str, bundle: InversionBundle, edit: EditBundle, model) -> None:

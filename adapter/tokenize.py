@@ -114,11 +114,27 @@ def _t5_prompt_tokens(tok, text: str, chunks: list) -> PromptTokens:
     return PromptTokens(text, tuple(pieces), chunk_length=len(pieces))
 
 
-def prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
-    """Positions of one encoded prompt. `tokens` is what `clip.tokenize(text)` returned."""
+def prompt_tokens(clip, text: str, tokens: dict, encoded_length: int | None = None) -> PromptTokens:
+    """Positions of one encoded prompt. `tokens` is what `clip.tokenize(text)` returned; `encoded_length` the
+    number of tokens its conditioning has (it tells which of SD3's encoders are loaded)."""
     t5 = t5_tokenizer(clip, tokens)
     if t5 is not None:
         return _t5_prompt_tokens(t5, text, tokens["t5xxl"])
+    clip_tokens = _clip_prompt_tokens(clip, text, tokens)
+    sd3_t5 = getattr(clip.tokenizer, "t5xxl", None) if "g" in tokens and "t5xxl" in tokens else None
+    if sd3_t5 is None or encoded_length is None or encoded_length == clip_tokens.length:
+        return clip_tokens
+    # SD3: CLIP-L/G's chunks, then T5's tokens (or T5's alone, without CLIP-L/G), in one sequence
+    t5_tokens = _t5_prompt_tokens(sd3_t5, text, tokens["t5xxl"])
+    if encoded_length == t5_tokens.length:
+        return t5_tokens
+    pieces = clip_tokens.pieces + t5_tokens.pieces
+    if encoded_length != len(pieces) or t5_tokens.length % clip_tokens.chunk_length:
+        return clip_tokens  # a long prompt: the guider says that its words cannot be placed
+    return PromptTokens(text, pieces, chunk_length=clip_tokens.chunk_length)
+
+
+def _clip_prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:
     key, tok = layout_tokenizer(clip, tokens)
     pieces: list[TokenPiece] = []
     word_text = _WordText()  # one stream over the chunks: a long word may continue in the next chunk

@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.sampler_overhead [--shape sd15-full] [--size 512] [--steps 2] [--rounds 3]
         [--threads N] [--cond-batch auto|split]
 
-On a random-weight model of the chosen shape (full-size SD1.5/SDXL UNets by default, so the attention work is
-the real one), in one ComfyUI process, three configurations doing the same work:
+On a random-weight model of the chosen shape (full-size SD1.5/SDXL UNets, or Flux/SD3 blocks at full width:
+`flux-blocks`, `sd3-blocks`; the attention work is the real one), in one ComfyUI process, three configurations
+doing the same work:
   * the stock KSampler on a batch of 1+N latents sharing one noise (the work P2P does: the same batch),
   * P2PSampler with N edits (word swap, default windows) and attention capture off,
   * the same with the default capture (the heatmaps' maps).
@@ -38,6 +39,8 @@ from .machine import describe
 
 ONLY = ("stock", "capture-off", "default-capture")  # --only's names for the configurations, in their order
 TARGETS = {"capture off": 1.10, "default capture": 1.15}  # issue #18: at most this many times the stock run
+# (cfg, scheduler) per MM-DiT family: Flux is guidance-distilled (one conditional pass per item)
+SAMPLING = {"flux": (1.0, "simple"), "chroma": (4.0, "simple"), "sd3": (4.5, "simple")}
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_HIGH_WATER_MARK = "5"  # clear_refs value that resets VmHWM to the current RSS (Linux 4.0+)
@@ -228,16 +231,18 @@ def build_runs(shape: str, size: int, edits: int, attention: str = "pytorch", sp
     for i in range(edits):
         target = "a photo of a dog riding a bicycle" + (f" {i}" if i else "")
         bundle = pack.nodes.P2PEditSpec.execute(clip, source, target, "auto", 0.8, 0.4, "coarse", previous=bundle)[0]
-    batch, side = 1 + edits, size // 8
+    batch, side, channels = 1 + edits, size // 8, SHAPES[shape].latent_channels
+    cfg, scheduler = SAMPLING.get(getattr(SHAPES[shape], "family", ""), (7.5, "normal"))
 
     def stock(steps):
-        latents = {"samples": torch.zeros(batch, 4, side, side), "batch_index": [0] * batch}  # one shared noise
-        nodes.common_ksampler(model, 1, steps, 7.5, "euler", "normal", positive, negative, latents)
+        latents = {"samples": torch.zeros(batch, channels, side, side), "batch_index": [0] * batch}  # one noise
+        nodes.common_ksampler(model, 1, steps, cfg, "euler", scheduler, positive, negative, latents)
 
     def p2p(capture):
         def go(steps):
-            pack.nodes.P2PSampler.execute(model, bundle, negative, 1, steps, 7.5, "euler", "normal", 1.0,
-                                           latent_image={"samples": torch.zeros(1, 4, side, side)}, capture=capture)
+            pack.nodes.P2PSampler.execute(model, bundle, negative, 1, steps, cfg, "euler", scheduler, 1.0,
+                                           latent_image={"samples": torch.zeros(1, channels, side, side)},
+                                           capture=capture)
         return go
 
     return device, model, stock, p2p, pack.adapter.attention_view.DEFAULT_CAPTURE
@@ -264,6 +269,9 @@ def main() -> None:
 
     device, model, stock, p2p, default_capture = build_runs(args.shape, args.size, args.edits, args.attention,
                                                             split=args.cond_batch == "split")
+    from tools.random_models import SHAPES  # after build_runs: it imports ComfyUI
+
+    cfg, scheduler = SAMPLING.get(getattr(SHAPES[args.shape], "family", ""), (7.5, "normal"))
     batch = 1 + args.edits
     edits = f"{args.edits} edit{'s' if args.edits > 1 else ''}"
     configs = {f"KSampler, {batch} latents": stock,
@@ -271,7 +279,8 @@ def main() -> None:
                f"P2PSampler, {edits}, default capture": p2p(default_capture)}
     stock_name = next(iter(configs))
     header = (f"machine: {describe(device)}, attention: {args.attention}\n"
-              f"model: {args.shape} (random weights), {args.size}x{args.size} px, {args.steps} steps, cfg 7.5, euler, "
+              f"model: {args.shape} (random weights), {args.size}x{args.size} px, {args.steps} steps, "
+              f"cfg {cfg:g}, euler, {scheduler}, "
               f"positive and negative {'batched when memory allows' if args.cond_batch == 'auto' else 'split'}\n"
               f"peak memory: {PeakMemory.how(device)}")
     print(header, flush=True)

@@ -19,7 +19,7 @@ from ..adapter.inversion import (
     require_finite,
     save_inversion,
 )
-from ..adapter.unet import UnsupportedModel, attention_sites
+from ..adapter.sampling import check_invertible
 from ..p2p.inversion import METHODS
 from .sockets import CATEGORY, Edit, Inversion
 
@@ -53,9 +53,10 @@ class P2PInvert(io.ComfyNode):
                                tooltip="Noise schedule; P2P Sampler must use the same."),
                 io.Combo.Input("method", options=list(METHODS), default="direct", tooltip=(
                     "direct: exact reconstruction, at the cost of one plain inversion (Ju et al. 2024). "
-                    "null_text: optimises the unconditional prompt per step (Mokady et al. 2023; slow). "
+                    "null_text: optimises the unconditional prompt per step (Mokady et al. 2023; slow; UNets only). "
                     "negative_prompt: uses the source prompt as the negative when sampling (no optimisation). "
-                    "ddim: plain DDIM inversion (drifts with guidance).")),
+                    "ddim: plain DDIM inversion (plain Euler inversion on Flux, Chroma and SD3; drifts with "
+                    "guidance).")),
                 io.Int.Input("inner_steps", default=10, min=1, max=100,
                              tooltip="null_text: optimiser steps per sampling step at most."),
                 io.Float.Input("early_stop", default=1e-5, min=0.0, max=1.0, step=1e-6, round=False, tooltip=(
@@ -85,10 +86,7 @@ class P2PInvert(io.ComfyNode):
                 learning_rate, edit=None, clip=None, source_prompt="") -> io.NodeOutput:
         node = "P2PInvert"
         require_supported_host(node)
-        try:
-            attention_sites(model)
-        except UnsupportedModel as e:
-            raise input_error(node, "model", str(e)) from None
+        check_invertible(node, model, method)
         for name, value in (("cfg", cfg), ("early_stop", early_stop), ("learning_rate", learning_rate)):
             if not math.isfinite(value):
                 raise input_error(node, name, f"is {value}; it must be a finite number")

@@ -34,9 +34,8 @@ def _guider_inputs() -> list:
     """The inputs P2PSampler and P2PGuider share, in their order."""
     return [
         io.Model.Input("model", tooltip=(
-            "An SD1.x, SD2.x or SDXL model (LoRAs and other patches are kept), or Flux / Chroma / SD3: there an "
-            "edit keeps the source's structure through its self_replace window, and re-weighting, local blend, word "
-            "windows, heatmaps and real images are not available yet.")),
+            "An SD1.x, SD2.x or SDXL model (LoRAs and other patches are kept), or Flux / Chroma / SD3, edited through "
+            "their joint attention.")),
         Edit.Input("edit", tooltip="The source prompt and the edits, from P2PEditSpec."),
         io.Conditioning.Input("negative", tooltip="The negative prompt, shared by the source and every edit."),
     ]

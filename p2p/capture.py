@@ -79,6 +79,10 @@ class AttentionCapture:
             and self.spec.window.contains(step, self.num_steps)
         )
 
+    def wants_step(self, step: int) -> bool:
+        """For MM-DiTs, whose every joint block is captured: whether this step is in the window."""
+        return self.spec.window.contains(step, self.num_steps)
+
     def add_cross(self, item: int, step: int, probs: torch.Tensor, spatial: tuple[int, int], layer) -> None:
         """probs [H, Nq, L] (repeated contexts folded; for an edit, the map in effect) of one item, one call."""
         amount = probs.detach().float().mean(0).reshape(*spatial, -1)  # [h, w, L]

@@ -1,6 +1,7 @@
 """Real-image inversion: from a clean latent to the noise that regenerates it, and how to keep to that path.
 
-Latents are in the sampler's form, x = x0 + sigma * eps (ComfyUI's k-diffusion convention); `sigmas` is the
+Latents are in the sampler's form, x = x0 + sigma * eps (ComfyUI's k-diffusion convention; for rectified-flow
+models x = (1 - sigma) * x0 + sigma * eps, where the same Euler steps in sigma apply); `sigmas` is the
 run's schedule [sigma_0 > ... > sigma_N = 0], and `trajectory[i]` is the latent at `sigmas[i]`, so
 trajectory[N] is the clean latent and trajectory[0] the noise sampling starts from.
 
@@ -92,8 +93,13 @@ def ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next:
 
 
 def ddim_inversion(denoise: Denoise, x0: torch.Tensor, sigmas: torch.Tensor,
-                   on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-    """x0 [1, C, H, W] -> trajectory [N + 1, C, H, W] with trajectory[N] = x0 (N model evaluations)."""
+                   on_step: Callable[[int], None] | None = None, flow: bool = False) -> torch.Tensor:
+    """x0 [1, C, H, W] -> trajectory [N + 1, C, H, W] with trajectory[N] = x0 (N model evaluations).
+
+    `flow`: a rectified-flow model (Flux, Chroma, SD3), whose latents are x = (1 - sigma) x0 + sigma eps. Its
+    sampler form is its model's input at every level, so the step is plain Euler inversion; the update is the
+    same Euler step in sigma either way ((x - denoised) / sigma is the flow's velocity there).
+    """
     levels = [float(s) for s in sigmas]
     x = x0
     path = [x0]
@@ -101,7 +107,7 @@ def ddim_inversion(denoise: Denoise, x0: torch.Tensor, sigmas: torch.Tensor,
         low, high = levels[i], levels[i - 1]
         # The noise is predicted at the level being stepped to, from the current latent: the model sees the
         # current unit-variance latent (x / sqrt(1 + low^2)) labelled with the higher level, as the reference does.
-        seen = x * (vp_scale(low) / vp_scale(high))
+        seen = x if flow else x * (vp_scale(low) / vp_scale(high))
         eps = (seen - denoise(seen, high)) / high
         x = x + eps * (high - low)
         path.append(x)

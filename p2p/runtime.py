@@ -12,20 +12,35 @@ the unconditional branch and the source are never edited.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .attention import apply_probabilities, mix_cross, probabilities
-from .capture import AttentionCapture
+from .capture import SELF_MAX_TOKENS, AttentionCapture
+from .joint import (
+    MAP_ELEMENTS,
+    attention_with_lse,
+    heads_first,
+    heads_merged,
+    keep_mask,
+    keep_tokens,
+    row_mask,
+    row_runs,
+    spread_tokens,
+    text_map,
+)
 from .local_blend import SOURCE, SUBTRACT_SOURCE, BlendMaps, blend
 from .schedule import step_of_sigma, steps_at
 from .spec import EditBatch
 
-__all__ = ["LayerCall", "JointCall", "EditRun", "Attend"]
+__all__ = ["LayerCall", "JointCall", "EditRun", "Attend", "JointAttend"]
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# the host's joint attention over some rows: (q, k, v, the host's mask for those rows or None) -> output
+JointAttend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,10 @@ class JointCall:
     source_row: int
     edit_rows: tuple[int, ...]  # one row per edit, in batch order
     text_tokens: int  # T: the image tokens start here on the token axis
+    heads: int
+    spatial: tuple[int, int]  # (h, w) grid of the image tokens
     token_axis: int = 2  # q, k are [R, H, T + I, d] (Flux) or [R, T + I, H * d] (SD3, axis 1)
+    layer: object = None  # the block's identity; None: the order of the call in its evaluation
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +88,7 @@ class EditRun:
         # (kind, layer) seen in this evaluation: a node that runs the model a second time within an evaluation
         # (PerturbedAttentionGuidance's perturbed pass) gets its edits injected, but adds nothing to the maps.
         self._mapped: set = set()
+        self._joint_calls = 0  # joint attention calls so far in this evaluation
         self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
         # Decided on the CPU up front so that no layer call waits on the device to ask.
         self._cross_on = [[bool(a[s].any()) for s in range(self.num_steps)] for a in self._alphas]
@@ -88,6 +107,7 @@ class EditRun:
         """Called once per model evaluation, before the UNet runs."""
         self.step = step_of_sigma(sigma, sample_sigmas)
         self._mapped.clear()
+        self._joint_calls = 0
         return self.step
 
     # -- attention -----------------------------------------------------------------------------
@@ -188,25 +208,129 @@ class EditRun:
         return attend(q, k, v), rows
 
     def joint_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: JointCall, attend: Attend
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: JointCall, attend: JointAttend,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """MM-DiT joint attention, q and k [R, H, T + I, d] or [R, T + I, H * d] -> (attend's output, rows changed).
+        """MM-DiT joint attention, q, k, v [R, H, T + I, d] or [R, T + I, H * d] (v may be [R, T + I, H, d]), `mask`
+        the host's attention mask or None -> (output in attend's layout, rows changed).
 
         Structure is kept as Shin et al. (ICCV 2025) keep it on MM-DiTs: inside an edit's self window its image
-        queries and keys are the source's, while its text tokens and all its values stay its own. Then the image-
-        to-image part of its map is the source's and its image tokens attend to its own prompt, and the host's
-        fused attention still computes everything (no map is materialised).
+        queries and keys are the source's, while its text tokens and all its values stay its own, so the image-to-
+        image part of its map is the source's. Inside its cross window the image-to-text part is edited as a UNet's
+        cross-attention map (see `joint`); those rows are computed by PyTorch's fused attention, every other row by
+        `attend` (the host's attention). No [I, I] map is materialised; the [H, I, T] image-to-text maps are, a
+        group of heads at a time.
         """
         step = self.step
-        rows = [call.edit_rows[e] for e in range(len(self.batch.edits)) if self._self_on[e][step]]
-        if rows:
-            image = (slice(None),) * (call.token_axis - 1) + (slice(call.text_tokens, None),)
-            q, k = q.clone(), k.clone()
-            q[(rows, *image)] = q[(call.source_row, *image)]
-            k[(rows, *image)] = k[(call.source_row, *image)]
-        return attend(q, k, v), tuple(rows)
+        self._joint_calls += 1
+        if call.layer is None:
+            call = dataclasses.replace(call, layer=("joint", self._joint_calls))
+        t, axis, total = call.text_tokens, call.token_axis, q.shape[0]
+        image = (slice(None),) * (axis - 1) + (slice(t, None),)
+        injected = [call.edit_rows[e] for e in range(len(self.batch.edits)) if self._self_on[e][step]]
 
-    def _first_call(self, kind: str, call: LayerCall) -> bool:
+        def with_source_image(x: torch.Tensor, run: slice = slice(None)) -> torch.Tensor:
+            """x[run] (a view), or a copy whose injected rows have the source's image tokens."""
+            part, start = x[run], run.start or 0
+            mine = [r - start for r in injected if start <= r < start + part.shape[0]]
+            if not mine:
+                return part
+            part = part.clone()
+            part[(mine, *image)] = x[(call.source_row, *image)]
+            return part
+
+        first = self._first_call("joint", call)
+        own = self._own_text(call)
+        cross = [e for e in range(len(self.batch.edits)) if own and self._cross_on[e][step]]
+        blending = first and bool(own) and any(m is not None for m in self.blend_maps)
+        viewing = first and bool(own) and self.capture is not None and self.capture.wants_step(step)
+        if not (cross or blending or viewing) and all(n == t for n in own.values()):
+            return attend(with_source_image(q), with_source_image(k), v, mask), tuple(injected)
+        cross_rows = [call.edit_rows[e] for e in cross]
+        lengths = [own.get(r, t) for r in range(total)]
+        out = None
+        # the host's attention, each row over its own prompt; contiguous rows as views of the batch, not copies
+        for run in row_runs([r for r in range(total) if r not in cross_rows], lengths):
+            n = lengths[run.start]
+            part = attend(*(keep_tokens(x, n, t, axis) for x in (with_source_image(q, run), with_source_image(k, run),
+                                                                   v[run])),
+                          keep_mask(row_mask(mask, list(range(run.start, run.stop)), total), n, t))
+            part = spread_tokens(part, n, t, 2 if part.ndim == 4 else 1)
+            out = part.new_empty((total, *part.shape[1:])) if out is None else out
+            out[run] = part
+        assert out is not None  # the source row is always the host's
+        fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cross row -> ([H, n + I, d], [H, n + I])
+        for run in row_runs(cross_rows, lengths):
+            n = lengths[run.start]
+            qr, kr, vr = (keep_tokens(heads_first(x, axis, call.heads), n, t, 2)
+                          for x in (with_source_image(q, run), with_source_image(k, run), v[run]))
+            o, lse = attention_with_lse(qr, kr, vr,
+                                        keep_mask(row_mask(mask, list(range(run.start, run.stop)), total), n, t))
+            fused.update((r, (o[i], lse[i])) for i, r in enumerate(range(run.start, run.stop)))
+        qh, kh, vh = (heads_first(x, axis, call.heads) for x in (q, k, v))  # [R, H, L, d] views
+        self._edit_joint_rows(qh, kh, vh, call, own, set(injected), cross, fused,
+                              row_mask(mask, list(range(total)), total), blending=blending,
+                              capture=self.capture if viewing else None)
+        for r, (o, _) in fused.items():
+            out[r] = heads_merged(spread_tokens(o[None], own[r], t, 2), out)[0]
+        return out, tuple(sorted({*injected, *cross_rows}))
+
+    def _own_text(self, call: JointCall) -> dict[int, int]:
+        """{row: its prompt's length} for the source and edit rows, or {} when the prompts' tokens are not the call's
+        text tokens (an SD3 prompt whose T5 part the adapter could not place): those calls are not edited."""
+        lengths = {call.source_row: self.batch.source.length}
+        lengths.update((row, e.target.length) for row, e in zip(call.edit_rows, self.batch.edits, strict=True))
+        return lengths if max(lengths.values()) == call.text_tokens else {}
+
+    def _edit_joint_rows(self, qh, kh, vh, call: JointCall, own: dict[int, int], injected: set[int], cross: list[int],
+                         fused: dict[int, tuple[torch.Tensor, torch.Tensor]], mask, *, blending: bool,
+                         capture: AttentionCapture | None) -> None:
+        """Edits the image rows of the cross edits' fused outputs (`fused`, in place) and feeds the capture (when
+        given) and the local-blend maps, a group of heads at a time. qh, kh, vh [R, H, L, d] as the model made them
+        (an `injected` row's image queries and keys are the source row's); own: each row's prompt length; mask
+        additive [R or 1, H or 1, L, L] or None."""
+        t, step = call.text_tokens, self.step
+        heads, image = qh.shape[1], qh.shape[2] - call.text_tokens
+        rows = (call.source_row, *call.edit_rows)  # per item
+        summed = capture is not None or blending
+        sums: list[torch.Tensor] = []  # per item [I, L_item]: its map in effect, summed over heads
+        group = max(1, MAP_ELEMENTS // max(1, image * t))  # heads per group
+        for lo in range(0, heads, group):
+            hs = slice(lo, lo + group)
+            maps = [text_map(qh, kh, mask, rows[0], rows[0], hs, t, own[rows[0]])[1]]  # [h, I, L_item] each
+            for e, row in enumerate(call.edit_rows):
+                if e not in cross and not summed:
+                    continue
+                image_row = call.source_row if row in injected else row
+                scores, mine = text_map(qh, kh, mask, image_row, row, hs, t, own[row])
+                if e in cross:
+                    tensors = self._edit_tensors(e, qh.device)
+                    edited = mix_cross(maps[0], mine, tensors.weights, tensors.own, tensors.alphas[step],
+                                       tensors.equalizer)  # [h, I, L_edit]
+                    n, (o, lse) = own[row], fused[row]
+                    # the share of the joint softmax the text gets: [h, I, 1]
+                    mass = torch.exp(torch.logsumexp(scores, dim=-1, keepdim=True) - lse[hs, n:, None])
+                    change = torch.matmul(mass * (edited - mine), vh[row, hs, :n].float())  # [h, I, d]
+                    o[hs, n:] = (o[hs, n:].float() + change).to(o.dtype)
+                    mine = edited
+                maps.append(mine)
+            if summed:
+                sums = [m.sum(0) for m in maps] if not sums else [a + m.sum(0) for a, m in zip(sums, maps, strict=True)]
+        for item, total in enumerate(sums):
+            if capture is not None:
+                capture.add_cross(item, step, (total / heads)[None], call.spatial, call.layer)  # the head mean
+            if blending and item and self.blend_maps[item - 1] is not None:
+                self._capture_blend(item - 1, sums[0][None], total[None], call.spatial)
+        if capture is not None and capture.spec.self_attention and image <= SELF_MAX_TOKENS:
+            for item, row in enumerate(rows):  # the image-to-image map in effect (an injected edit: the source's)
+                image_row = call.source_row if row in injected else row
+                total = torch.zeros(image, image, device=qh.device)
+                for h in range(heads):  # one [I, I] map at a time
+                    scores = torch.matmul(qh[image_row, h, t:].float(), kh[image_row, h, t:].float().transpose(-1, -2))
+                    total += torch.softmax(scores * qh.shape[-1] ** -0.5, dim=-1)
+                capture.add_self(item, (total / heads)[None])  # the head mean
+
+    def _first_call(self, kind: str, call: LayerCall | JointCall) -> bool:
         """Whether this layer is called for the first time in this evaluation (and note that it was)."""
         key = (kind, call.layer)
         if key in self._mapped:

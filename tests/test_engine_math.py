@@ -153,16 +153,17 @@ def test_self_injection_equals_explicit_map_copy():
 def test_joint_injection_gives_the_edit_the_source_image_queries_and_keys(token_axis, self_replace, injected):
     """MM-DiT joint attention, text tokens first: inside the window the edit's image q and k become the source's,
     its text tokens and every value stay its own (Flux's [R, H, T+I, d] and SD3's [R, T+I, H*d] layouts)."""
-    run = _run_with({"self_replace": self_replace})
+    run = _run_with({"self_replace": self_replace, "cross_replace": 0.0})
     text, shape = 3, ((4, HEADS, 7, 4) if token_axis == 2 else (4, 7, HEADS * 4))
     q, k, v = torch.randn(shape), torch.randn(shape), torch.randn(shape)
     seen = {}
 
-    def attend(q_, k_, v_):
+    def attend(q_, k_, v_, mask):
         seen.update(q=q_, k=k_, v=v_)
         return q_ + k_ + v_
 
-    out, changed = run.joint_attention(q, k, v, JointCall(2, (3,), text, token_axis), attend)
+    call = JointCall(2, (3,), text, heads=HEADS, spatial=(1, 4), token_axis=token_axis)
+    out, changed = run.joint_attention(q, k, v, call, attend)
     image = (slice(None),) * (token_axis - 1) + (slice(text, None),)
     words = (slice(None),) * (token_axis - 1) + (slice(None, text),)
     assert changed == ((3,) if injected else ())

@@ -59,3 +59,27 @@ def test_a_word_swap_maps_words_not_a_start_token(pack, t5_clip):
     assert mapping.source_of(1) == list(source.words[1].positions)  # blue <- red
     end_src, end_tgt = (next(i for i, p in enumerate(t.pieces) if p.role == "end") for t in (source, target))
     assert mapping.source_of(end_tgt) == [end_src]
+
+
+def test_sd3_positions_are_clip_then_t5(pack):
+    """SD3's conditioning is CLIP-L/G's 77 tokens then T5's 77: the positions follow it, and a word has a column in
+    each part, so a word swap maps CLIP columns to CLIP columns and T5 columns to T5 columns."""
+    clip = build_clip("sd3")
+    plain = "a red circle on the left"
+
+    def tokens(text):
+        encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
+        return pack.adapter.tokenize.prompt_tokens(clip, text, clip.tokenize(text), encoded.shape[1]), encoded
+
+    source, encoded = tokens(plain)
+    target, _ = tokens("a blue circle on the left")
+    assert source.length == encoded.shape[1] == 154
+    assert [p.role for p in source.pieces[:2]] == ["start", "word"] and source.pieces[77].role == "word"
+    assert [w.text for w in source.words] == plain.split() * 2
+    red = source.find(["red"])
+    assert len(red) == 2 and red[0] < 77 <= red[1]
+    mapping = pack.p2p.replace_mapping(source, target)
+    blue = target.find(["blue"])
+    assert [mapping.source_of(t) for t in blue] == [[red[0]], [red[1]]]
+    long = ", ".join([plain] * 20)  # T5's part is longer than 77 tokens: only the CLIP part is placed
+    assert tokens(long)[0].length != tokens(long)[1].shape[1]

@@ -100,6 +100,12 @@ SHAPES: dict[str, ModelShape | DiTShape] = {
                           axes_dim=(16, 56, 56), clip_width=768, t5_width=4096, t5_heads=64, t5_ff=10240),
     "sd3-full": DiTShape("sd3", hidden_size=1536, num_heads=24, depth=24, pos_embed_max_size=192, clip_width=768,
                          clip_g_width=1280, t5_width=4096, t5_heads=64, t5_ff=10240),
+    # Their blocks at full width but few of them (for benchmarks on a machine that cannot hold the whole model): every
+    # block does the same attention work, so a per-step ratio against the stock run is the whole model's.
+    "flux-blocks": DiTShape("flux", hidden_size=3072, num_heads=24, depth=1, depth_single_blocks=2,
+                            axes_dim=(16, 56, 56), clip_width=768, t5_width=4096, t5_heads=64, t5_ff=10240),
+    "sd3-blocks": DiTShape("sd3", hidden_size=1536, num_heads=24, depth=3, pos_embed_max_size=192, clip_width=768,
+                           clip_g_width=1280, t5_width=4096, t5_heads=64, t5_ff=10240),
 }
 
 
