@@ -248,20 +248,21 @@ def _check_joint_run(node: str, family: str, edit: EditBundle, inversion) -> Non
     lengths = [c[0][0].shape[1] for c in edit.conditionings]
     prompts = (edit.batch.source, *(e.target for e in edit.batch.edits))
     if any(p.length != n for p, n in zip(prompts, lengths, strict=True)):
-        # SD3 whose T5 part is not a whole number of 77-token chunks (a long prompt): the words' columns are unknown
-        where = f"among their {max(lengths)} text tokens on {family} models (a T5 part longer than 77 tokens)"
+        # a text encoder layout `prompt_tokens` does not read: the words' columns are unknown
+        where = (f"among their {max(lengths)} text tokens on {family} models (a text encoder layout the pack does "
+                 "not read)")
         if len(set(lengths)) > 1:
             raise input_error(node, "edit", f"its prompts encode to {' and '.join(map(str, sorted(set(lengths))))} "
-                              f"text tokens, and the pack cannot place their words {where}: shorten the prompts")
+                              f"text tokens, and the pack cannot place their words {where}")
         word_inputs = [f"edit {e} uses {what}" for e, item in enumerate(edit.batch.edits, start=1)
                        for what, used in (("re-weighting (P2P Reweight)", item.weights),
                                           ("local blend (P2P Local Blend)", item.local_blend),
                                           ("word_schedule", item.word_windows)) if used]
         if word_inputs:
             raise input_error(node, "edit", f"{'; '.join(word_inputs)}, but the pack cannot place the words of "
-                              f"these prompts {where}: shorten the prompts")
-        log.warning("%s: the words of these prompts cannot be placed %s, so cross_replace is not applied; shorten "
-                    "the prompts", node, where)
+                              f"these prompts {where}")
+        log.warning("%s: the words of these prompts cannot be placed %s, so cross_replace is not applied", node,
+                    where)
     if inversion is not None and inversion.inversion.method == "null_text":
         raise input_error(node, "inversion", f"is a null_text inversion, which {family} models cannot retrace (its "
                           "unconditional text is set through UNet cross-attention); invert with direct or ddim")

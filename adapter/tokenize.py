@@ -129,9 +129,9 @@ def prompt_tokens(clip, text: str, tokens: dict, encoded_length: int | None = No
     if encoded_length == t5_tokens.length:
         return t5_tokens
     pieces = clip_tokens.pieces + t5_tokens.pieces
-    if encoded_length != len(pieces) or t5_tokens.length % clip_tokens.chunk_length:
-        return clip_tokens  # a long prompt: the guider says that its words cannot be placed
-    return PromptTokens(text, pieces, chunk_length=clip_tokens.chunk_length)
+    if encoded_length != len(pieces):
+        return clip_tokens  # another layout: the guider says that its words cannot be placed
+    return PromptTokens(text, pieces, chunk_length=clip_tokens.chunk_length, extra_chunks=(t5_tokens.length,))
 
 
 def _clip_prompt_tokens(clip, text: str, tokens: dict) -> PromptTokens:

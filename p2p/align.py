@@ -116,10 +116,20 @@ def global_align(x: Sequence[int], y: Sequence[int]) -> list[int]:
 
 def _match_specials(source: PromptTokens, target: PromptTokens, weights: torch.Tensor) -> None:
     """Start token to start token (where the tokenizer has one: T5 has none), end token to end token, k-th padding
-    after the end to k-th padding."""
+    after the end to k-th padding, chunk by chunk."""
+    def kinds(tokens: PromptTokens) -> dict[bool, list[int]]:  # chunks with a start token (CLIP's) and without (T5's)
+        out: dict[bool, list[int]] = {True: [], False: []}
+        for chunk in range(tokens.num_chunks):
+            out[tokens.chunk_specials(chunk)[0] is not None].append(chunk)
+        return out
+
+    src_kinds, tgt_kinds = kinds(source), kinds(target)
     for chunk in range(target.num_chunks):
-        src_chunk = min(chunk, source.num_chunks - 1)
         tgt_start, tgt_tail = target.chunk_specials(chunk)
+        # the j-th chunk of a kind matches the source's j-th of that kind (SD3: CLIP's chunks, then T5's)
+        same = src_kinds[tgt_start is not None]
+        j = tgt_kinds[tgt_start is not None].index(chunk)
+        src_chunk = same[min(j, len(same) - 1)] if same else min(chunk, source.num_chunks - 1)
         src_start, src_tail = source.chunk_specials(src_chunk)
         if tgt_start is not None and src_start is not None:
             weights[:, tgt_start] = 0.0

@@ -48,12 +48,15 @@ class PromptTokens:
     text: str
     pieces: tuple[TokenPiece, ...]
     chunk_length: int = 77
+    # chunks of other lengths after the whole chunks of `chunk_length` (SD3: T5's tokens after CLIP's chunks)
+    extra_chunks: tuple[int, ...] = ()
     words: tuple[Word, ...] = field(init=False)
 
     def __post_init__(self):
-        if not self.pieces or len(self.pieces) % self.chunk_length:
-            raise ValueError(
-                f"{len(self.pieces)} token positions is not a whole number of {self.chunk_length}-token chunks")
+        regular = len(self.pieces) - sum(self.extra_chunks)
+        if not self.pieces or regular < 0 or regular % self.chunk_length or not all(n > 0 for n in self.extra_chunks):
+            raise ValueError(f"{len(self.pieces)} token positions is not a whole number of {self.chunk_length}-token "
+                             f"chunks and chunks of {list(self.extra_chunks)}")
         object.__setattr__(self, "words", _group_words(self.pieces))
 
     @property
@@ -62,15 +65,23 @@ class PromptTokens:
 
     @property
     def num_chunks(self) -> int:
-        return self.length // self.chunk_length
+        return len(self._chunk_starts())
+
+    def _chunk_starts(self) -> list[int]:
+        regular = self.length - sum(self.extra_chunks)
+        starts = list(range(0, regular, self.chunk_length))
+        for n in self.extra_chunks:
+            starts.append(regular)
+            regular += n
+        return starts
 
     def content_positions(self) -> list[int]:
         return [i for i, p in enumerate(self.pieces) if p.role == WORD]
 
     def chunk_specials(self, chunk: int) -> tuple[int | None, list[int]]:
         """(start position, or None for a tokenizer without one (T5), [end, pad, pad, ...] positions) of a chunk."""
-        lo = chunk * self.chunk_length
-        span = range(lo, lo + self.chunk_length)
+        starts = [*self._chunk_starts(), self.length]
+        span = range(starts[chunk], starts[chunk + 1])
         start = next((i for i in span if self.pieces[i].role == START), None)
         tail = [i for i in span if self.pieces[i].role in (END, PAD)]
         return start, tail

@@ -3,6 +3,8 @@ T5 and CLIP tokenizers), through ComfyUI's own executor: the source is the stock
 source's structure by taking its image queries and keys inside the self window (Shin et al., ICCV 2025), and what
 the pack does not do on these models yet is refused naming the input."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -246,13 +248,36 @@ def test_flux_guidance_comes_through_positive_as_flux_guidance_sets_it(host):
     assert not torch.equal(p2p[0], samples(out, "default")[0])
 
 
-def test_sd3_word_inputs_on_a_prompt_too_long_to_place_are_refused(host):
-    long = ", ".join([SOURCE] * 20)  # T5's part beyond 77 tokens
+def test_a_long_sd3_prompt_is_placed_and_reweighted(host):
+    """Two CLIP chunks, then a T5 part longer than 77 tokens: the words are found in every part."""
+    long = ", ".join([SOURCE] * 20)
     g, n = dit_graph("sd3", source=long, target=long.replace("red", "blue", 1))
+    g.nodes["positive"].inputs["text"] = long
+    g.node("P2PSampler", "unchanged", **dict(n["p2p"].inputs))
     with_reweight(g, n)
-    with pytest.raises(HostError, match=r"^P2PSampler: input 'edit': edit 1 uses re-weighting \(P2P Reweight\), but "
-                                        r"the pack cannot place the words of these prompts among their \d+ text"):
-        host.run(g.prompt(), keep=("p2p",))
+    out = host.run(g.prompt(), keep=("p2p", "plain", "unchanged"))
+    p2p = samples(out, "p2p")
+    assert torch.equal(p2p[0], samples(out, "plain")[0])
+    assert relative_error(p2p[1], samples(out, "unchanged")[1]) > 1e-4
+
+
+def test_prompts_whose_words_cannot_be_placed_are_edited_without_them(pack):
+    """An encoder layout the pack does not read (the prompt's positions are not the conditioning's): word inputs are
+    refused naming the input, and prompts of different lengths too."""
+    piece = pack.p2p.TokenPiece
+    tokens = pack.p2p.PromptTokens("a red circle", (piece(1, "start"), piece(2, "word", "red", True), piece(3, "end"),
+                                                    *[piece(3, "pad")] * 74))
+    edit = pack.p2p.make_edit(tokens, tokens)
+    cond = [[torch.zeros(1, 90, 8), {}]]
+    bundle = pack.adapter.bundle.EditBundle(pack.p2p.EditBatch(tokens, (edit.reweighted([(("red",), 2.0)]),)),
+                                            (cond, cond), lambda phrase: tuple(phrase.split()))
+    check = pack.adapter.sampling._check_joint_run
+    with pytest.raises(ValueError, match=r"^P2PSampler: input 'edit': edit 1 uses re-weighting \(P2P Reweight\), "
+                                         r"but the pack cannot place the words of these prompts among their 90 text"):
+        check("P2PSampler", "SD3", bundle, None)
+    longer = [[torch.zeros(1, 91, 8), {}]]
+    with pytest.raises(ValueError, match=r"^P2PSampler: input 'edit': its prompts encode to 90 and 91 text tokens"):
+        check("P2PSampler", "SD3", dataclasses.replace(bundle, conditionings=(cond, longer)), None)
 
 
 def inversion_graph(family, method, steps=4, cfg=None):

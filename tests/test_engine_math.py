@@ -342,3 +342,24 @@ def test_fractions_refuse_nan_and_infinities(value):
 ])
 def test_a_local_blend_says_when_it_cannot_change_anything(blend, fields):
     assert [field for field, _ in blend.no_effect()] == fields
+
+
+def test_chunks_of_another_length_match_their_own_kind():
+    """SD3's layout: CLIP chunks (with a start token), then one T5 chunk of another length (none). With another
+    number of CLIP chunks in the target, its T5 end and padding still take the source T5 part's, not a CLIP
+    chunk's."""
+    def t5(words, length):
+        pieces = [TokenPiece(2000 + sum(map(ord, w)), "word", w, True) for w in words] + [TokenPiece(1, "end")]
+        return pieces + [TokenPiece(0, "pad")] * (length - len(pieces))
+
+    source_clip, target_clip = fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"])
+    source = PromptTokens("a cat", (*source_clip.pieces, *t5(["a", "cat"], 5)), chunk_length=8, extra_chunks=(5,))
+    target = PromptTokens("a dog", (*target_clip.pieces, *target_clip.pieces, *t5(["a", "dog"], 6)), chunk_length=8,
+                          extra_chunks=(6,))
+    assert source.num_chunks == 2 and target.num_chunks == 3
+    assert source.chunk_specials(1) == (None, [10, 11, 12]) and target.chunk_specials(2) == (None, [18, 19, 20, 21])
+    mapping = make_edit(source, target, mode="refine").mapping
+    assert [mapping.source_of(t) for t in (18, 19, 20, 21)] == [[10], [11], [12], [12]]  # T5's end, then padding
+    assert mapping.source_of(8) == [0] and mapping.source_of(11) == [3]  # the second CLIP chunk's start and end
+    with pytest.raises(ValueError, match="not a whole number of 8-token chunks and chunks of \\[4\\]"):
+        PromptTokens("a cat", source.pieces, chunk_length=8, extra_chunks=(4,))

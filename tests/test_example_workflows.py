@@ -1,7 +1,8 @@
 """The example workflows: up to date with the nodes, and runnable headless through ComfyUI's executor.
 
-The demo-model workflows run as they are; the SD1.5/SDXL ones get their checkpoint loader (and ControlNet loader)
-swapped for a small random model of the same family, at a small size (no checkpoint can be downloaded here)."""
+The demo-model workflows run as they are; the SD1.5/SDXL/Flux ones get their checkpoint loader (or UNet, CLIP and
+VAE loaders, and ControlNet loader) swapped for a small random model of the same family, at a small size (no
+checkpoint can be downloaded here)."""
 
 import json
 import shutil
@@ -14,7 +15,10 @@ from tools.workflow import to_api
 
 ROOT = Path(__file__).resolve().parents[1]
 # sd15-64: the random UNet a random ControlNet fits (channels in multiples of 64, as ComfyUI's loader assumes)
-FAMILY = {"p2p_word_swap_sd15": "sd15", "p2p_reweight_local_blend_sdxl": "sdxl", "p2p_controlnet_sd15": "sd15-64"}
+FAMILY = {"p2p_word_swap_sd15": "sd15", "p2p_reweight_local_blend_sdxl": "sdxl", "p2p_controlnet_sd15": "sd15-64",
+          "p2p_word_swap_flux": "flux"}
+# loaders of one part of a model, and which output of RandomModelLoader (MODEL, CLIP, VAE) stands in for theirs
+PART_LOADERS = {"UNETLoader": 0, "DualCLIPLoader": 1, "VAELoader": 2}
 
 
 def test_every_workflow_is_generated_and_current(host):
@@ -36,13 +40,20 @@ def test_workflow_runs_headless(host, name):
     workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
     prompt = to_api(workflow, host.nodes.NODE_CLASS_MAPPINGS)
     size = 32 if name.startswith("p2p_demo") else 128
-    for node in prompt.values():
+    for nid, node in prompt.items():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["class_type"], node["inputs"] = "RandomModelLoader", {"shape": FAMILY[name], "seed": 0,
                                                                        "dtype": "float32"}
+        elif node["class_type"] in PART_LOADERS:
+            output = PART_LOADERS[node["class_type"]]
+            node["class_type"], node["inputs"] = "RandomModelLoader", {"shape": FAMILY[name], "seed": 0,
+                                                                       "dtype": "float32"}
+            for other in prompt.values():  # links to the loader's only output now take the part they need
+                other["inputs"].update({key: [ref[0], output] for key, ref in other["inputs"].items()
+                                        if isinstance(ref, list) and ref[0] == nid})
         elif node["class_type"] == "ControlNetLoader":
             node["class_type"], node["inputs"] = "RandomControlNetLoader", {"seed": 3}
-        elif node["class_type"] == "EmptyLatentImage":
+        elif node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             node["inputs"].update(width=128, height=128)
         elif node["class_type"] in ("P2PSampler", "P2PInvert", "BasicScheduler"):
             node["inputs"]["steps"] = 4

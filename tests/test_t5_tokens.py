@@ -62,8 +62,9 @@ def test_a_word_swap_maps_words_not_a_start_token(pack, t5_clip):
 
 
 def test_sd3_positions_are_clip_then_t5(pack):
-    """SD3's conditioning is CLIP-L/G's 77 tokens then T5's 77: the positions follow it, and a word has a column in
-    each part, so a word swap maps CLIP columns to CLIP columns and T5 columns to T5 columns."""
+    """SD3's conditioning is CLIP-L/G's 77 tokens then T5's 77 (more for a long prompt): the positions follow it, and
+    a word has a column in each part, so a word swap maps CLIP columns to CLIP columns and T5 columns to T5 columns,
+    end tokens to end tokens chunk by chunk."""
     clip = build_clip("sd3")
     plain = "a red circle on the left"
 
@@ -81,5 +82,11 @@ def test_sd3_positions_are_clip_then_t5(pack):
     mapping = pack.p2p.replace_mapping(source, target)
     blue = target.find(["blue"])
     assert [mapping.source_of(t) for t in blue] == [[red[0]], [red[1]]]
-    long = ", ".join([plain] * 20)  # T5's part is longer than 77 tokens: only the CLIP part is placed
-    assert tokens(long)[0].length != tokens(long)[1].shape[1]
+    long, encoded = tokens(", ".join([plain] * 20))  # two CLIP chunks, then T5's part of more than 77 tokens
+    assert long.length == encoded.shape[1] and long.num_chunks == 3 and long.length - 154 > 77
+    assert len(long.find(["red"])) == 40
+    longer, _ = tokens(", ".join([plain] * 20) + " again")  # one more T5 token: the end tokens still match
+    mapping = pack.p2p.replace_mapping(long, longer) if len(long.words) == len(longer.words) else \
+        pack.p2p.refine_mapping(long, longer)
+    ends = [[i for i, p in enumerate(t.pieces) if p.role == "end"] for t in (long, longer)]
+    assert [mapping.source_of(t) for t in ends[1]] == [[s] for s in ends[0]]

@@ -38,6 +38,35 @@ SD15_CANNY_CONTROLNET = {
     "directory": "controlnet",
 }
 
+FLUX_MODELS = {
+    "unet": [{"name": "flux1-dev.safetensors",
+              "url": "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+              "directory": "diffusion_models"}],
+    "clip": [{"name": "t5xxl_fp16.safetensors",
+              "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+              "directory": "text_encoders"},
+             {"name": "clip_l.safetensors",
+              "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+              "directory": "text_encoders"}],
+    "vae": [{"name": "ae.safetensors",
+             "url": "https://huggingface.co/black-forest-labs/FLUX.1-schnell/resolve/main/ae.safetensors",
+             "directory": "vae"}],
+}
+
+FLUX_NOTE = """## Prompt-to-Prompt on Flux
+
+The same nodes as on SD1.5/SDXL, through Flux's joint attention (text and image tokens in one attention):
+- **self_replace** (0.4): the steps in which the edit takes the source's image queries and keys in every
+  block, which keeps the source's layout (Shin et al., ICCV 2025).
+- **cross_replace** (0.8): the steps in which each word of the edit attends as the source's word did (its
+  image-to-text attention); **P2P Reweight**, **P2P Local Blend** and **word_schedule** work as on UNets.
+- Flux.1-dev is guidance-distilled: sample at **cfg 1**, and set its guidance with **FluxGuidance** on the
+  source prompt, connected to *positive* (3.5 is FluxGuidance's default).
+- The heatmaps are the image-to-text maps of every block.
+
+Chroma and SD3 / SD3.5 work the same way (Chroma and SD3 with real CFG, e.g. cfg 4-5).
+"""
+
 WORD_SWAP_NOTE = """## Prompt-to-Prompt: word swap
 
 The **P2P Sampler** generates the *source prompt* and the *edited prompt* side by side from the same noise,
@@ -131,6 +160,36 @@ source and the edit alike, and the edit changes only what the words changed.
 - Other conditioning nodes work the same way on *positive*: Conditioning Set Area / Mask / Timestep Range,
   LoRA hooks. Connect one conditioning (not a Conditioning Combine of several).
 """
+
+
+def _flux_word_swap() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    unet = g.node("UNETLoader", "unet", unet_name=FLUX_MODELS["unet"][0]["name"], weight_dtype="default")
+    clip = g.node("DualCLIPLoader", "clip", clip_name1=FLUX_MODELS["clip"][0]["name"],
+                  clip_name2=FLUX_MODELS["clip"][1]["name"], type="flux", device="default")
+    vae = g.node("VAELoader", "vae", vae_name=FLUX_MODELS["vae"][0]["name"])
+    source = "a photo of a cat sitting on a wooden bench in a sunny garden"
+    edit = g.node("P2PEditSpec", "edit", clip=clip, source_prompt=source,
+                  target_prompt="a photo of a fox sitting on a wooden bench in a sunny garden",
+                  mode="auto", cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
+    encoded = g.node("CLIPTextEncode", "source", title="Source prompt (for FluxGuidance)", clip=clip, text=source)
+    guidance = g.node("FluxGuidance", "guidance", conditioning=encoded, guidance=3.5)
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt (unused at cfg 1)", clip=clip, text="")
+    latent = g.node("EmptySD3LatentImage", "latent", width=1024, height=1024, batch_size=1)
+    sampler = g.node("P2PSampler", "sampler", model=unet, edit=edit, negative=neg, latent_image=latent,
+                     positive=guidance, seed=42, steps=20, cfg=1.0, sampler_name="euler", scheduler="simple",
+                     denoise=1.0)
+    decode = g.node("VAEDecode", "decode", samples=sampler, vae=vae)
+    g.node("SaveImage", "save", images=decode, filename_prefix="p2p_flux")
+    positions = {"unet": (40, 40), "clip": (40, 180), "vae": (40, 370), "edit": (420, 40), "source": (420, 540),
+                 "guidance": (420, 760), "negative": (420, 870), "latent": (880, 540), "sampler": (880, 40),
+                 "decode": (1240, 40), "save": (1240, 130)}
+    sizes = {"unet": (330, 100), "clip": (330, 150), "vae": (330, 70), "edit": (420, 460), "source": (420, 180),
+             "guidance": (320, 70), "negative": (420, 150), "latent": (320, 110), "sampler": (320, 360),
+             "decode": (210, 50), "save": (420, 460)}
+    notes = [(FLUX_NOTE, (40, 500), (340, 520))]
+    _add_attention_maps(g, sampler.out(1), decode, positions, sizes, notes, x=880, y=700)
+    return g, positions, notes, {"models": FLUX_MODELS, "sizes": sizes}
 
 
 def _sd15_controlnet() -> tuple[Graph, dict, list, dict]:
@@ -388,6 +447,7 @@ WORKFLOWS = {
     "p2p_word_swap_sd15": _sd15_word_swap,
     "p2p_controlnet_sd15": _sd15_controlnet,
     "p2p_reweight_local_blend_sdxl": _sdxl_reweight_blend,
+    "p2p_word_swap_flux": _flux_word_swap,
 }
 
 
