@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["heads_first", "heads_merged", "row_mask", "row_runs", "keep_tokens", "spread_tokens", "keep_mask",
+__all__ = ["heads_first", "row_mask", "row_runs", "keep_tokens", "spread_tokens", "put_tokens",
+           "keep_mask",
            "attention_with_lse", "text_map", "MAP_ELEMENTS"]
 
 # Image-to-text maps are computed in groups of heads of at most this many elements (16 MB in float32), so that
@@ -36,14 +37,6 @@ def heads_first(x: torch.Tensor, token_axis: int, heads: int) -> torch.Tensor:
         return x
     r, length = x.shape[:2]
     return x.reshape(r, length, heads, -1).transpose(1, 2)
-
-
-def heads_merged(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[R, H, L, d] -> the layout of `like` (the host's output: [R, L, H * d], or [R, H, L, d])."""
-    if like.ndim == 4:
-        return x
-    r, h, length, d = x.shape
-    return x.transpose(1, 2).reshape(r, length, h * d)
 
 
 def row_mask(mask: torch.Tensor | None, rows: list[int], batch: int) -> torch.Tensor | None:
@@ -93,6 +86,16 @@ def spread_tokens(x: torch.Tensor, length: int, text_tokens: int, token_axis: in
     image = x.shape[token_axis] - length
     return torch.cat([x.narrow(token_axis, 0, length), x.new_zeros(gap), x.narrow(token_axis, length, image)],
                      dim=token_axis)
+
+
+def put_tokens(out: torch.Tensor, row: int, lo: int, hi: int, x: torch.Tensor | None) -> None:
+    """In place: out[row]'s tokens [lo, hi) = x [H, hi - lo, d] (zeros for None), in the host's output layout
+    ([R, L, H * d] or [R, H, L, d])."""
+    if x is None:
+        (out[row, :, lo:hi] if out.ndim == 4 else out[row, lo:hi]).zero_()
+        return
+    target = out[row, :, lo:hi] if out.ndim == 4 else out[row, lo:hi].view(hi - lo, x.shape[0], -1).transpose(0, 1)
+    target.copy_(x)
 
 
 def keep_mask(mask: torch.Tensor | None, length: int, text_tokens: int) -> torch.Tensor | None:

@@ -24,9 +24,9 @@ from .joint import (
     MAP_ELEMENTS,
     attention_with_lse,
     heads_first,
-    heads_merged,
     keep_mask,
     keep_tokens,
+    put_tokens,
     row_mask,
     row_runs,
     spread_tokens,
@@ -259,20 +259,26 @@ class EditRun:
             out = part.new_empty((total, *part.shape[1:])) if out is None else out
             out[run] = part
         assert out is not None  # the source row is always the host's
-        fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cross row -> ([H, n + I, d], [H, n + I])
-        for run in row_runs(cross_rows, lengths):
-            n = lengths[run.start]
-            qr, kr, vr = (keep_tokens(heads_first(x, axis, call.heads), n, t, 2)
-                          for x in (with_source_image(q, run), with_source_image(k, run), v[run]))
-            o, lse = attention_with_lse(qr, kr, vr,
-                                        keep_mask(row_mask(mask, list(range(run.start, run.stop)), total), n, t))
-            fused.update((r, (o[i], lse[i])) for i, r in enumerate(range(run.start, run.stop)))
+        del part  # before the edited rows' tensors exist
         qh, kh, vh = (heads_first(x, axis, call.heads) for x in (q, k, v))  # [R, H, L, d] views
+        fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cross row -> its image rows ([H, I, d], [H, I])
+        for r in cross_rows:
+            n, image_row = lengths[r], call.source_row if r in injected else r
+            keys = torch.cat([kh[r, :, :n], kh[image_row, :, t:]], dim=1)[None]  # [1, H, n + I, d]
+            values = keep_tokens(vh[r : r + 1], n, t, 2)
+            row_mask_ = keep_mask(row_mask(mask, [r], total), n, t)
+            text_out, _ = attention_with_lse(qh[r : r + 1, :, :n], keys, values,
+                                             None if row_mask_ is None else row_mask_[..., :n, :])
+            image_out, lse = attention_with_lse(qh[image_row : image_row + 1, :, t:], keys, values,
+                                                None if row_mask_ is None else row_mask_[..., n:, :])
+            put_tokens(out, r, 0, n, text_out[0])
+            put_tokens(out, r, n, t, None)
+            fused[r] = (image_out[0], lse[0])
         self._edit_joint_rows(qh, kh, vh, call, own, set(injected), cross, fused,
                               row_mask(mask, list(range(total)), total), blending=blending,
                               capture=self.capture if viewing else None)
-        for r, (o, _) in fused.items():
-            out[r] = heads_merged(spread_tokens(o[None], own[r], t, 2), out)[0]
+        for r, (image_out, _) in fused.items():
+            put_tokens(out, r, t, t + image_out.shape[1], image_out)
         return out, tuple(sorted({*injected, *cross_rows}))
 
     def _own_text(self, call: JointCall) -> dict[int, int]:
@@ -285,7 +291,7 @@ class EditRun:
     def _edit_joint_rows(self, qh, kh, vh, call: JointCall, own: dict[int, int], injected: set[int], cross: list[int],
                          fused: dict[int, tuple[torch.Tensor, torch.Tensor]], mask, *, blending: bool,
                          capture: AttentionCapture | None) -> None:
-        """Edits the image rows of the cross edits' fused outputs (`fused`, in place) and feeds the capture (when
+        """Edits the cross edits' fused image rows (`fused`, in place) and feeds the capture (when
         given) and the local-blend maps, a group of heads at a time. qh, kh, vh [R, H, L, d] as the model made them
         (an `injected` row's image queries and keys are the source row's); own: each row's prompt length; mask
         additive [R or 1, H or 1, L, L] or None."""
@@ -309,9 +315,9 @@ class EditRun:
                                        tensors.equalizer)  # [h, I, L_edit]
                     n, (o, lse) = own[row], fused[row]
                     # the share of the joint softmax the text gets: [h, I, 1]
-                    mass = torch.exp(torch.logsumexp(scores, dim=-1, keepdim=True) - lse[hs, n:, None])
+                    mass = torch.exp(torch.logsumexp(scores, dim=-1, keepdim=True) - lse[hs, :, None])
                     change = torch.matmul(mass * (edited - mine), vh[row, hs, :n].float())  # [h, I, d]
-                    o[hs, n:] = (o[hs, n:].float() + change).to(o.dtype)
+                    o[hs] = (o[hs].float() + change).to(o.dtype)
                     mine = edited
                 maps.append(mine)
             if summed:

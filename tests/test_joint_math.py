@@ -9,14 +9,15 @@ from test_engine_math import HEADS, fake_prompt
 
 from p2p import AttentionCapture, CaptureSpec, EditBatch, EditRun, JointCall, make_edit
 from p2p.attention import mix_cross
-from p2p.joint import attention_with_lse, heads_first, heads_merged
+from p2p.joint import attention_with_lse, heads_first
 
 TEXT, IMAGE, D = 8, 6, 4  # fake_prompt's chunk of 8 tokens; a 2x3 grid of image tokens
 
 
 def sdpa_attend(q, k, v, mask):
     """A host attention in the [R, L, H*d] output layout."""
-    return heads_merged(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q[:, 0])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [R, H, L, d]
+    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
 
 
 def joint_inputs(rows=2, seed=0):
