@@ -9,6 +9,8 @@ doing the same work:
   * the stock KSampler on a batch of 1+N latents sharing one noise (the work P2P does: the same batch),
   * P2PSampler with N edits (word swap, default windows) and attention capture off,
   * the same with the default capture (the heatmaps' maps).
+A window covers the whole steps below its fraction (floor(fraction x steps)): at --steps 2 the default
+self_replace (0.4) covers none, so use 5 steps (cross_replace 4, self_replace 2) to measure both injections.
 An uncounted warm-up run comes first (1 step of the stock run: the first run at a batch shape pays one-off
 costs, kernel set-up and first touch of memory, that would otherwise land on whichever configuration ran
 first), then `--rounds` rounds, the configurations in a rotated order each round. Printed: every run as it

@@ -283,7 +283,7 @@ class EditRun:
 
     def _own_text(self, call: JointCall) -> dict[int, int]:
         """{row: its prompt's length} for the source and edit rows, or {} when the prompts' tokens are not the call's
-        text tokens (an SD3 prompt whose T5 part the adapter could not place): those calls are not edited."""
+        text tokens (a text encoder layout the adapter does not read): then no word is edited."""
         lengths = {call.source_row: self.batch.source.length}
         lengths.update((row, e.target.length) for row, e in zip(call.edit_rows, self.batch.edits, strict=True))
         return lengths if max(lengths.values()) == call.text_tokens else {}
