@@ -18,10 +18,34 @@ import math
 from ..p2p import JointCall
 from .patch import HostRun, install_step_wrapper
 
-__all__ = ["JOINT_FAMILIES", "joint_family", "install_joint"]
+__all__ = ["JOINT_FAMILIES", "joint_family", "install_joint", "blend_layers"]
 
 # ComfyUI's diffusion-model classes whose joint attention the pack edits: their family's name
 JOINT_FAMILIES = {"Flux": "Flux", "Chroma": "Chroma", "OpenAISignatureMMDITWrapper": "SD3"}
+
+
+# Shin et al. (ICCV 2025; their code's TOP5_BLOCKS): the five blocks whose image-to-text maps locate words best, where
+# local blend takes its maps, by (family, double-stream or joint blocks, single-stream blocks, SD3.5's extra
+# image-only attention). Chroma shares Flux.1's architecture and its table (the paper did not analyse Chroma).
+# Other configurations (SD3.5 Medium, the tests' tiny models) take every block.
+_BLEND_BLOCKS = {
+    ("Flux", 19, 38, False): ("double", (11, 12, 14, 17, 18)),  # Flux.1 dev and schnell
+    ("Chroma", 19, 38, False): ("double", (11, 12, 14, 17, 18)),
+    ("SD3", 24, 0, False): ("joint", (4, 5, 7, 8, 9)),  # SD3 Medium
+    ("SD3", 38, 0, False): ("joint", (16, 18, 20, 21, 24)),  # SD3.5 Large and Large Turbo
+}
+
+
+def blend_layers(family: str, unet_config: dict) -> frozenset | None:
+    """The `JointCall.layer`s local blend takes its maps from, or None for every block. SD3's calls are counted from
+    1 in each evaluation; Flux's and Chroma's are named by ComfyUI's (block_type, block_index)."""
+    key = (family, int(unet_config.get("depth", 0)), int(unet_config.get("depth_single_blocks", 0)),
+           bool(unet_config.get("x_block_self_attn_layers")))
+    found = _BLEND_BLOCKS.get(key)
+    if found is None:
+        return None
+    kind, blocks = found
+    return frozenset((kind, b + 1 if kind == "joint" else b) for b in blocks)
 
 
 def joint_family(model_patcher) -> str | None:

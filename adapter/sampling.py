@@ -28,7 +28,7 @@ from ..p2p import AttentionCapture, CaptureSpec, EditRun
 from .attention_view import DEFAULT_CAPTURE, CapturedAttention
 from .bundle import EditBundle
 from .conditioning import conditioning_extras, crops_latent
-from .dit import install_joint, joint_family
+from .dit import blend_layers, install_joint, joint_family
 from .errors import check_schedule, input_error
 from .inversion import (
     InversionBundle,
@@ -190,7 +190,10 @@ class EditGuider(comfy.samplers.CFGGuider):
             downsample = (self.capture.downsample or nearest_downsample(self.sites)) if self.sites else 1
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
         blend_downsample = nearest_downsample(self.sites) if self.sites else None
-        run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder)
+        joint_blend = None if self.joint is None else blend_layers(self.joint, self.model_patcher.model.model_config
+                                                                    .unet_config)
+        run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder,
+                      blend_layers=joint_blend)
         inversion = None if start.inversion is None else start.inversion.inversion
         host = HostRun(run, sigmas.tolist(), inversion=inversion)
         patched = self.model_patcher.clone()

@@ -40,7 +40,8 @@ class P2PEditSpec(io.ComfyNode):
                 io.Combo.Input("self_layers", options=list(SELF_LAYERS), default="coarse", tooltip=(
                     "Self-attention layers that get the source's maps. coarse: 1/4 of the latent resolution and "
                     "below (16x16 at 512 px for SD1.5, as in the paper); coarse+medium: 1/2 and below; all: every "
-                    "layer (affordable here: the map is never stored).")),
+                    "layer (affordable here: the map is never stored). Flux, Chroma and SD3 have no resolutions: "
+                    "there every joint block gets the source's image queries and keys, whatever this says.")),
                 io.String.Input("word_schedule", default="", optional=True, tooltip=(
                     "Per-word injection windows for words of the edited prompt, overriding cross_replace: "
                     "'car: 0.2, sunglasses: 0-0.5' (end, or start-end, as fractions of the steps). Each word "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["heads_first", "row_mask", "row_runs", "keep_tokens", "spread_tokens", "put_tokens",
+__all__ = ["heads_first", "row_mask", "fused_lse_agrees", "row_runs", "keep_tokens", "spread_tokens", "put_tokens",
            "keep_mask",
            "attention_with_lse", "text_map", "MAP_ELEMENTS"]
 
@@ -107,15 +107,17 @@ def keep_mask(mask: torch.Tensor | None, length: int, text_tokens: int) -> torch
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T / sqrt(d) + mask) v and each query's log-normaliser: ([n, H, L, d], [n, H, L] float32).
+                       chunk: int = 1024, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d) + mask) v and each query's log-normaliser: ([n, H, Lq, d], [n, H, Lq] float32).
 
     PyTorch's fused kernels return the log-sum-exp beside the output (the CPU flash kernel; on CUDA the memory-
-    efficient one). Elsewhere, or where a kernel refuses the inputs, the scores are computed `chunk` queries at a
-    time, so at most [n, H, chunk, L] of the map exists at once.
+    efficient one). Elsewhere, where a kernel refuses the inputs, or with `fused` False, the scores are computed
+    `chunk` queries at a time, so at most [n, H, chunk, L] of the map exists at once.
     """
     if mask is not None:
         mask = mask.to(q.dtype)
+    if not fused:
+        return _chunked_attention_with_lse(q, k, v, mask, chunk)
     try:
         if q.device.type == "cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
@@ -128,6 +130,17 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     except (RuntimeError, NotImplementedError):
         pass
     return _chunked_attention_with_lse(q, k, v, mask, chunk)
+
+
+def fused_lse_agrees(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused kernel's log-normaliser on this device and dtype is the natural log-sum-exp of the scaled
+    scores, checked once on a small random input against the chunked computation (a kernel of another convention,
+    base 2 say, would otherwise edit silently wrong)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 64, generator=gen).to(device, dtype) for _ in range(3))
+    _, fused = attention_with_lse(q, k, v)
+    _, exact = _chunked_attention_with_lse(q, k, v, None, 1024)
+    return bool(torch.allclose(fused, exact, atol=0.05, rtol=0.01))
 
 
 def _chunked_attention_with_lse(q, k, v, mask, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:

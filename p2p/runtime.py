@@ -23,6 +23,7 @@ from .capture import SELF_MAX_TOKENS, AttentionCapture
 from .joint import (
     MAP_ELEMENTS,
     attention_with_lse,
+    fused_lse_agrees,
     heads_first,
     keep_mask,
     keep_tokens,
@@ -79,16 +80,20 @@ class _EditTensors:
 
 class EditRun:
     def __init__(self, batch: EditBatch, num_steps: int, blend_downsample: int | None = None,
-                 capture: AttentionCapture | None = None):
+                 capture: AttentionCapture | None = None, blend_layers: frozenset | None = None):
+        """blend_downsample: the UNet resolution local blend takes its maps from; blend_layers: the joint blocks
+        (`JointCall.layer`) it takes them from on an MM-DiT, None for every block."""
         self.batch = batch
         self.num_steps = max(num_steps, 1)
         self.blend_downsample = blend_downsample
+        self.blend_layers = blend_layers
         self.capture = capture  # optional: aggregates attention maps for viewing
         self.step = 0
         # (kind, layer) seen in this evaluation: a node that runs the model a second time within an evaluation
         # (PerturbedAttentionGuidance's perturbed pass) gets its edits injected, but adds nothing to the maps.
         self._mapped: set = set()
         self._joint_calls = 0  # joint attention calls so far in this evaluation
+        self._fused_lse: dict[tuple[torch.device, torch.dtype], bool] = {}  # see `joint.fused_lse_agrees`
         self._alphas = [e.cross_alphas(self.num_steps) for e in batch.edits]  # [num_steps, Le] each
         # Decided on the CPU up front so that no layer call waits on the device to ask.
         self._cross_on = [[bool(a[s].any()) for s in range(self.num_steps)] for a in self._alphas]
@@ -242,7 +247,8 @@ class EditRun:
         first = self._first_call("joint", call)
         own = self._own_text(call)
         cross = [e for e in range(len(self.batch.edits)) if own and self._cross_on[e][step]]
-        blending = first and bool(own) and any(m is not None for m in self.blend_maps)
+        blending = (first and bool(own) and any(m is not None for m in self.blend_maps)
+                    and (self.blend_layers is None or call.layer in self.blend_layers))
         viewing = first and bool(own) and self.capture is not None and self.capture.wants_step(step)
         if not (cross or blending or viewing) and all(n == t for n in own.values()):
             return attend(with_source_image(q), with_source_image(k), v, mask), tuple(injected)
@@ -262,15 +268,20 @@ class EditRun:
         del part  # before the edited rows' tensors exist
         qh, kh, vh = (heads_first(x, axis, call.heads) for x in (q, k, v))  # [R, H, L, d] views
         fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cross row -> its image rows ([H, I, d], [H, I])
+        kernel = (q.device, q.dtype)
+        if cross_rows and kernel not in self._fused_lse:
+            self._fused_lse[kernel] = fused_lse_agrees(*kernel)
         for r in cross_rows:
             n, image_row = lengths[r], call.source_row if r in injected else r
             keys = torch.cat([kh[r, :, :n], kh[image_row, :, t:]], dim=1)[None]  # [1, H, n + I, d]
             values = keep_tokens(vh[r : r + 1], n, t, 2)
             row_mask_ = keep_mask(row_mask(mask, [r], total), n, t)
             text_out, _ = attention_with_lse(qh[r : r + 1, :, :n], keys, values,
-                                             None if row_mask_ is None else row_mask_[..., :n, :])
+                                             None if row_mask_ is None else row_mask_[..., :n, :],
+                                             fused=self._fused_lse[kernel])
             image_out, lse = attention_with_lse(qh[image_row : image_row + 1, :, t:], keys, values,
-                                                None if row_mask_ is None else row_mask_[..., n:, :])
+                                                None if row_mask_ is None else row_mask_[..., n:, :],
+                                                fused=self._fused_lse[kernel])
             put_tokens(out, r, 0, n, text_out[0])
             put_tokens(out, r, n, t, None)
             fused[r] = (image_out[0], lse[0])

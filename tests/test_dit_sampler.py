@@ -324,3 +324,15 @@ def test_null_text_is_refused_on_mm_dits(host):
     with pytest.raises(HostError, match=r"^P2PInvert: input 'method': null_text sets the unconditional text through "
                                         r"UNet cross-attention, which SD3 models do not have"):
         host.run(g.prompt(), keep=("p2p",))
+
+
+@pytest.mark.parametrize("family, config, expected", [
+    ("Flux", {"depth": 19, "depth_single_blocks": 38}, {("double", b) for b in (11, 12, 14, 17, 18)}),
+    ("Chroma", {"depth": 19, "depth_single_blocks": 38}, {("double", b) for b in (11, 12, 14, 17, 18)}),
+    ("SD3", {"depth": 24, "x_block_self_attn_layers": []}, {("joint", b + 1) for b in (4, 5, 7, 8, 9)}),
+    ("SD3", {"depth": 38}, {("joint", b + 1) for b in (16, 18, 20, 21, 24)}),
+    ("SD3", {"depth": 24, "x_block_self_attn_layers": list(range(13))}, None),  # SD3.5 Medium: every block
+    ("Flux", {"depth": 2, "depth_single_blocks": 2}, None),  # the tests' tiny model
+])
+def test_local_blend_blocks_are_the_papers_per_model(pack, family, config, expected):
+    assert pack.adapter.dit.blend_layers(family, config) == (None if expected is None else frozenset(expected))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from test_engine_math import HEADS, fake_prompt
 
-from p2p import AttentionCapture, CaptureSpec, EditBatch, EditRun, JointCall, make_edit
+from p2p import AttentionCapture, CaptureSpec, EditBatch, EditRun, JointCall, LocalBlend, make_edit
 from p2p.attention import mix_cross
 from p2p.joint import attention_with_lse, heads_first
 
@@ -188,3 +188,40 @@ def test_a_shorter_prompt_attends_over_its_own_tokens(cross_replace):
     torch.testing.assert_close(edit_row[:, kept], joint @ v6[1], atol=1e-5, rtol=1e-5)
     assert torch.equal(edit_row[:, 6:TEXT], torch.zeros(HEADS, 2, D))
     torch.testing.assert_close(heads_first(out, 1, HEADS)[0], F.scaled_dot_product_attention(q, k, v)[0])
+
+
+@pytest.mark.parametrize("layer, taken", [(("double", 12), True), (("double", 3), False)])
+def test_local_blend_takes_its_maps_from_the_chosen_blocks(layer, taken):
+    """On Flux, Chroma and SD3 local blend reads the blocks whose image-to-text maps locate words best (Shin et al.)."""
+    src, tgt = fake_prompt(["a", "cat"]), fake_prompt(["a", "dog"])
+    blend = LocalBlend(source_positions=src.find(["cat"]), target_positions=tgt.find(["dog"]))
+    edit = make_edit(src, tgt, cross_replace=0.0, self_replace=0.0).blended(blend)
+    run = EditRun(EditBatch(src, (edit,)), 4, blend_layers=frozenset({("double", 12)}))
+    run.begin_evaluation(1.0, [1.0, 0.0])
+    q, k, v = joint_inputs()
+    run.joint_attention(q, k, v, JointCall(0, (1,), TEXT, heads=HEADS, spatial=(2, 3), layer=layer), sdpa_attend)
+    maps = run.blend_maps[0]
+    assert maps is not None and (set(maps.sums) == {"source", "target"}) == taken
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_log_normaliser_is_checked_before_use(monkeypatch, dtype):
+    """A kernel whose log-sum-exp were of another convention (base 2) is caught by the check, and the run then
+    computes the edited rows the chunked way, the same result as with a correct kernel."""
+    from p2p import joint
+
+    assert joint.fused_lse_agrees(torch.device("cpu"), dtype)
+    q, k, v = joint_inputs()
+    correct = joint_run(["a", "cat"], ["a", "dog"], cross_replace=1.0, self_replace=0.0)
+    expected, _ = correct.joint_attention(q, k, v, JointCall(0, (1,), TEXT, heads=HEADS, spatial=(2, 3)), sdpa_attend)
+    real = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    def base_two(*args, **kwargs):
+        out, lse = real(*args, **kwargs)[:2]
+        return out, lse / torch.log(torch.tensor(2.0))
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", base_two)
+    assert not joint.fused_lse_agrees(torch.device("cpu"), dtype)
+    run = joint_run(["a", "cat"], ["a", "dog"], cross_replace=1.0, self_replace=0.0)
+    out, _ = run.joint_attention(q, k, v, JointCall(0, (1,), TEXT, heads=HEADS, spatial=(2, 3)), sdpa_attend)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
