@@ -15,19 +15,21 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from p2p.inversion import METHODS
 from shapes_demo import metrics
-from shapes_demo.world import COLORS, SHAPES, SIZES, Obj, Scene, render, with_article
+from shapes_demo.world import COLORS, SHAPES, SIZE, SIZES, Obj, Scene, render, with_article
 
 from .machine import describe
 
 
-def scenes(count: int) -> list[tuple[np.ndarray, np.ndarray, str, str, str]]:
-    """(picture, object mask, source prompt, target prompt, target colour) per scene, fixed by its index."""
+def scenes(count: int, picture_size: int = SIZE) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, str, str, str]]:
+    """(image and object mask at 32x32, the picture given to the model at `picture_size`, source prompt, target
+    prompt, target colour) per scene, fixed by its index."""
     out = []
     for i in range(count):
         rng = random.Random(7000 + i)
@@ -35,9 +37,11 @@ def scenes(count: int) -> list[tuple[np.ndarray, np.ndarray, str, str, str]]:
         target = rng.choice([c for c in COLORS if c != color])
         radius = rng.uniform(*SIZES[size])
         x, y = rng.uniform(radius + 1, 31 - radius), rng.uniform(radius + 1, 31 - radius)
-        image, (mask,) = render(Scene((Obj(shape, color, size, radius, x, y, None),), "white"))
-        out.append((image, mask, with_article(f"{size} {color} {shape}"), with_article(f"{size} {target} {shape}"),
-                    target))
+        scene = Scene((Obj(shape, color, size, radius, x, y, None),), "white")
+        image, (mask,) = render(scene)
+        picture = image if picture_size == SIZE else render(scene, supersample=2, size=picture_size)[0]
+        out.append((image, mask, picture, with_article(f"{size} {color} {shape}"),
+                    with_article(f"{size} {target} {shape}"), target))
     return out
 
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--weights", type=Path, help="demo-model weights to measure instead of the committed ones")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -56,22 +61,29 @@ def main() -> None:
     import nodes
 
     pack = host_module.pack_module().nodes
-    model, clip, vae = pack.P2PDemoModel.execute()
+    if args.weights:
+        from shapes_demo.model import load
+
+        model, clip, vae = load(args.weights)
+    else:
+        model, clip, vae = pack.P2PDemoModel.execute()
+    # the model's picture size: its latent side times the VAE's downscale (32x32 pixels for v1, 64x64 for v2)
+    picture_size = model.model.model_config.unet_config["image_size"] * vae.spacial_compression_decode()
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
     rows = []
     for method in args.methods.split(","):
         stats: dict[str, list] = {k: [] for k in ("psnr", "passes", "seconds", "iou", "took", "outside")}
-        for image, mask, source, target, color in scenes(args.scenes):
+        for image, mask, picture, source, target, color in scenes(args.scenes, picture_size):
             with torch.inference_mode():
                 started = time.perf_counter()
-                inversion, _ = pack.P2PInvert.execute(model, vae, torch.from_numpy(image)[None], negative, args.steps,
+                inversion, _ = pack.P2PInvert.execute(model, vae, torch.from_numpy(picture)[None], negative, args.steps,
                                                        args.cfg, "normal", method, 10, 1e-5, 1e-2, clip=clip,
                                                        source_prompt=source)
                 seconds = time.perf_counter() - started
                 edit = pack.P2PEditSpec.execute(clip, source, target, "auto", 0.8, 0.4, "coarse")[0]
                 latent = pack.P2PSampler.execute(model, edit, negative, 0, args.steps, args.cfg, "euler", "normal",
                                                   1.0, inversion=inversion, capture=None)[0]
-                out = vae.decode(latent["samples"]).float().numpy()
+                out = metrics.to_world_pixels(vae.decode(latent["samples"]).float().numpy())
             everywhere = np.ones(mask.shape, bool)
             stats["psnr"].append(min(metrics.psnr(image, out[0], everywhere), 100.0))
             stats["passes"].append(inversion.passes)

@@ -69,13 +69,18 @@ class Bench:
 
         self.model, self.clip, self.vae = load(weights) if weights else self.pack.P2PDemoModel.execute()
         self.negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
-        self.latent = {"samples": torch.zeros(1, 3, SIZE, SIZE)}
+        # the model's own latent: 3x32x32 pixels (v1) or 4x8x8 (v2, decoded to 64x64 pictures)
+        config = self.model.model.model_config
+        side = config.unet_config["image_size"]
+        self.latent = {"samples": torch.zeros(1, config.latent_format.latent_channels, side, side)}
         self.steps, self.cfg = steps, cfg
         required = self.pack.P2PEditSpec.INPUT_TYPES()["required"]
         self.control = {name: required[name][1]["default"] for name in CONTROL} | (control or {})
 
     def _decode(self, latent) -> np.ndarray:
-        return self.vae.decode(latent["samples"]).numpy()  # [B, H, W, 3] in 0..1
+        """[B, 32, 32, 3] in 0..1, in the world's pixels whatever the model's resolution."""
+        with torch.inference_mode():  # as ComfyUI's executor runs VAE Decode
+            return metrics.to_world_pixels(self.vae.decode(latent["samples"]).numpy())
 
     def p2p(self, source: str, targets: list[str], seed: int, reweights: list[str] | None = None,
             blend: tuple | None = None, **edit_args) -> np.ndarray:

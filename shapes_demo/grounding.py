@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .world import SIZE, Scene, _object_phrase
+from .world import Scene, _object_phrase
 
 __all__ = ["token_groups", "allowed_tokens", "grounding_loss", "AttentionRecorder"]
 
@@ -57,7 +57,7 @@ def allowed_tokens(groups: list[list[int]], masks: list[np.ndarray], side: int, 
     allowed [side*side, length] bool: the tokens each position may attend to;
     cells [side*side] bool: the positions the loss applies to (inside one object, or on the background).
     """
-    pool = SIZE // side
+    pool = masks[0].shape[0] // side  # masks may be finer than the attention grid
     shares = [m.reshape(side, pool, side, pool).mean(axis=(1, 3)).reshape(-1) for m in masks]  # [side*side] each
     allowed = np.zeros((side * side, length), bool)
     allowed[:, START] = True

@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLORS, STRIPE_SHADE
+from .world import BACKGROUNDS, COLORS, SIZE, STRIPE_SHADE
 
-__all__ = ["classify", "color_mask", "object_mask", "background_of", "iou", "psnr", "centroid", "area", "spearman",
-           "dilate", "PALETTE"]
+__all__ = ["to_world_pixels", "classify", "color_mask", "object_mask", "background_of", "iou", "psnr", "centroid",
+           "area", "spearman", "dilate", "PALETTE"]
 
 # name of the class, RGB; stripe shades count as their colour
 PALETTE = [(name, np.array(rgb)) for name, rgb in COLORS.items()]
@@ -22,6 +22,14 @@ PALETTE += [(name, np.array(rgb) * STRIPE_SHADE) for name, rgb in COLORS.items()
 PALETTE += [(f"background:{name}", np.array(rgb)) for name, rgb in BACKGROUNDS.items()]
 _NAMES = [n for n, _ in PALETTE]
 _RGB = np.stack([c for _, c in PALETTE])  # [K, 3]
+
+
+def to_world_pixels(images: np.ndarray) -> np.ndarray:
+    """[B, S, S, 3] pictures at any multiple of the world's resolution, averaged down to [B, 32, 32, 3], so
+    that every figure is measured in the same pixels whatever the model's resolution."""
+    b, h, w, c = images.shape
+    pool = h // SIZE
+    return images.reshape(b, h // pool, pool, w // pool, pool, c).mean(axis=(2, 4))
 
 
 def classify(image: np.ndarray) -> np.ndarray:

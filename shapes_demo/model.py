@@ -51,28 +51,32 @@ TEXT_CONFIG = {  # overrides of ComfyUI's sd1_clip_config.json
 }
 
 
-def model_config():
+def model_config(unet_config: dict = UNET_CONFIG, pixel_space: bool = True):
+    """ComfyUI's model configuration of a demo UNet: v1's (pixels) by default, v2's with `model_v2.UNET_CONFIG`
+    and pixel_space=False (latents of its autoencoder, trained to unit variance: no scaling)."""
     import comfy.latent_formats
     import comfy.supported_models
 
-    config = comfy.supported_models.SD15(UNET_CONFIG)
+    config = comfy.supported_models.SD15(unet_config)
     config.unet_config["num_heads"] = UNET_HEADS
     # 3 channels, identity scaling: pixels. ComfyUI declares `latent_format` as a class and replaces it with an
     # instance in BASE.__init__, so an instance is what belongs here; ty reads the class-level declaration.
-    config.latent_format = comfy.latent_formats.ChromaRadiance()  # ty: ignore[invalid-assignment]
+    latent_format = comfy.latent_formats.ChromaRadiance() if pixel_space else comfy.latent_formats.LatentFormat()
+    config.latent_format = latent_format  # ty: ignore[invalid-assignment]
     # Zero terminal SNR: at 32x32 pixels the SD1 schedule's last step keeps the noise's mean colour in the
     # picture (a 32x32 image averages too few pixels to hide it); the rescaled schedule lets the model pick it.
     config.sampling_settings = {**config.sampling_settings, "zsnr": True}
     return config
 
 
-def build_model(unet_state: dict | None = None):
+def build_model(unet_state: dict | None = None, unet_config: dict = UNET_CONFIG, pixel_space: bool = True):
     """A ComfyUI MODEL (ModelPatcher); weights from `unet_state` (keys of the UNet) if given."""
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
 
-    model = comfy.model_base.BaseModel(model_config(), model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu")
+    model = comfy.model_base.BaseModel(model_config(unet_config, pixel_space),
+                                       model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu")
     if unet_state is not None:
         missing, unexpected = model.diffusion_model.load_state_dict(unet_state, strict=False)
         if missing or unexpected:
@@ -108,23 +112,28 @@ def word_token_count(clip, text: str) -> int:
     return token_ids(clip, text).index(clip.tokenizer.clip_l.end_token) - 1
 
 
-def build_vae():
+def build_vae(autoencoder_state: dict | None = None):
+    """v1's pixel-space VAE, or v2's TAESD autoencoder from its state."""
     import comfy.sd
 
-    return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    return comfy.sd.VAE(sd=autoencoder_state or {"pixel_space_vae": torch.tensor(1.0)})
 
 
-def split_state(state: dict) -> tuple[dict, dict]:
-    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-    return unet, text
+def split_state(state: dict, prefixes: tuple[str, ...] = ("unet", "text")) -> tuple[dict, ...]:
+    """The parts of a weights file, by key prefix ("unet.", "text.", and "vae." for a latent model)."""
+    return tuple({k[len(p) + 1:]: v for k, v in state.items() if k.startswith(p + ".")} for p in prefixes)
 
 
 def load(path: Path = WEIGHTS):
-    """(MODEL, CLIP, VAE) of the trained demo model."""
+    """(MODEL, CLIP, VAE) of a trained demo model: the pixel-space v1, or the latent v2 when the file holds
+    its autoencoder ("vae." keys)."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise FileNotFoundError(f"demo weights not found at {path}; train them with `python -m shapes_demo.train`")
-    unet, text = split_state(load_file(str(path)))
+    unet, text, vae = split_state(load_file(str(path)), ("unet", "text", "vae"))
+    if vae:
+        from . import model_v2
+
+        return model_v2.build_model(unet), build_clip(text), build_vae(vae)
     return build_model(unet), build_clip(text), build_vae()

@@ -73,15 +73,53 @@ class _TextModel(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, config: dict):
+    """`vocabulary` (token ids): train only these rows of the 49408-token embedding table, in a small table of
+    their own; the full table stays as initialised. Keeps the optimiser's state and a resumable checkpoint
+    small (the full table is 3.2 M of the model's parameters); `comfy_state_dict()` writes the rows back."""
+
+    vocabulary_ids: torch.Tensor  # [V] the trained rows' token ids (buffers, with `vocabulary`)
+    compact_ids: torch.Tensor  # [vocab_size] each token's row in the small table, or -1
+
+    def __init__(self, config: dict, vocabulary: list[int] | None = None):
         super().__init__()
         self.text_model = _TextModel(config)
         self.text_projection = nn.Linear(config["hidden_size"], config["hidden_size"], bias=False)
+        self.vocabulary_embedding: nn.Parameter | None = None
+        if vocabulary is not None:
+            ids = torch.tensor(sorted(set(vocabulary)))
+            compact = torch.full((config["vocab_size"],), -1, dtype=torch.long)
+            compact[ids] = torch.arange(len(ids))
+            self.register_buffer("vocabulary_ids", ids)  # [V]
+            self.register_buffer("compact_ids", compact)  # [vocab_size]: row in the small table, or -1
+            self.text_model.embeddings.token_embedding.weight.requires_grad_(False)
+            self.vocabulary_embedding = nn.Parameter(torch.zeros(len(ids), config["hidden_size"]))
+
+    def reset_vocabulary(self) -> None:
+        """Start the small table from the full table's rows (after the full table is initialised)."""
+        if self.vocabulary_embedding is not None:
+            with torch.no_grad():
+                self.vocabulary_embedding.copy_(self.text_model.embeddings.token_embedding.weight[self.vocabulary_ids])
+
+    def comfy_state_dict(self) -> dict:
+        """The state dict of ComfyUI's CLIP text model: the trained rows written into the full table."""
+        state = {k: v for k, v in self.state_dict().items()
+                 if k not in ("vocabulary_embedding", "vocabulary_ids", "compact_ids")}
+        if self.vocabulary_embedding is not None:
+            key = "text_model.embeddings.token_embedding.weight"
+            table = state[key].clone()
+            table[self.vocabulary_ids] = self.vocabulary_embedding.detach()
+            state[key] = table
+        return state
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, 77] -> last hidden state after the final layer norm [B, 77, width] (SD1's context)."""
         tm = self.text_model
-        x = tm.embeddings.token_embedding(tokens) + tm.embeddings.position_embedding.weight[: tokens.shape[1]]
+        embedded = tm.embeddings.token_embedding(tokens)  # [B, 77, width]
+        if self.vocabulary_embedding is not None:
+            compact = self.compact_ids[tokens]  # [B, 77]
+            trained = self.vocabulary_embedding[compact.clamp_min(0)]
+            embedded = torch.where((compact >= 0)[..., None], trained, embedded)
+        x = embedded + tm.embeddings.position_embedding.weight[: tokens.shape[1]]
         n = tokens.shape[1]
         mask = torch.full((n, n), float("-inf"), device=tokens.device).triu(1)
         for layer in tm.encoder.layers:

@@ -1,7 +1,14 @@
 """Train the demo model on the shapes world.
 
-    .venv/bin/python -m shapes_demo.train [--steps 3600] [--grounding-steps 1500] [--batch 32]
-        [--precision auto|bf16|fp32] [--out shapes_demo/weights/p2p_shapes_demo.safetensors] [--init-from FILE]
+    .venv/bin/python -m shapes_demo.train [--model v1|v2] [--steps N] [--grounding-steps N] [--batch N]
+        [--precision auto|bf16|fp32] [--out FILE] [--init-from FILE] [--pool N] [--autoencoder FILE]
+
+`--model v1` (the default): the 32x32 pixel-space model, 3600 + 1500 steps of batch 32. `--model v2` (issue
+#21): the latent model, in three phases from one command: the autoencoder (`shapes_demo.autoencoder`, unless
+its file exists), a pool of 60000 encoded scenes (`shapes_demo.latent_pool`, cached next to the output), then
+8000 + 2000 steps of batch 64 on latents drawn from the pool, training only the rows of the world's words in
+the text encoder's embedding table. v2's checkpoint (`*.checkpoint.pt`, 16-bit) is small enough to commit, so
+a run can be split over several working sessions.
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
@@ -33,12 +40,17 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import latent_pool
 from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
 from .model import TEXT_CONFIG, WEIGHTS
 from .text_encoder import TextEncoder
-from .world import render, sample_scene
+from .world import SIZE, render, sample_scene, world_vocabulary
 
 EMPTY_CAPTION_RATE = 0.1
+RECIPES = {  # the committed runs' settings (MODEL.md)
+    "v1": {"steps": 3600, "grounding_steps": 1500, "batch": 32, "pool": 0},
+    "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000},
+}
 MIN_SNR_GAMMA = 5.0
 
 
@@ -57,6 +69,21 @@ def batch_of(step: int, size: int, tokenize):
     return x0.contiguous(), torch.tensor(tokens), truth
 
 
+def pool_batch(step: int, size: int, tokenize, pool: latent_pool.LatentPool):
+    """As `batch_of`, drawn from an encoded pool: x0 [B, C, h, w] latents, tokens [B, 77], and each row's
+    (scene, per-object cell shares [h, w]) or None for an empty caption."""
+    rng = random.Random(1_000_003 * step + 17)
+    rows = [rng.randrange(len(pool)) for _ in range(size)]
+    tokens, truth = [], []
+    for i in rows:
+        scene = latent_pool.pool_scene(i)
+        empty = rng.random() < EMPTY_CAPTION_RATE
+        tokens.append(tokenize("" if empty else scene.caption))
+        shares = [pool.shares[i, j].float().numpy() for j in range(len(scene.objects))]
+        truth.append(None if empty else (scene, shares))
+    return pool.latents[rows], torch.tensor(tokens), truth
+
+
 def grounding_targets(rows, side: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """allowed [B, side*side, length] and cells [B, side*side] for one attention resolution;
     `rows`: each row's (token groups, masks), or None for an empty caption."""
@@ -71,6 +98,27 @@ def grounding_targets(rows, side: int, length: int) -> tuple[torch.Tensor, torch
         allowed.append(a)
         cells.append(c)
     return torch.from_numpy(np.stack(allowed)), torch.from_numpy(np.stack(cells))
+
+
+def trained_state(text: TextEncoder) -> dict:
+    """The text encoder's state for a resumable checkpoint: without the full embedding table when only the
+    vocabulary's rows train (the table is re-created from the seed on resume)."""
+    state = text.state_dict()
+    if text.vocabulary_embedding is not None:
+        state.pop("text_model.embeddings.token_embedding.weight")
+    return state
+
+
+def halved(state):
+    """A checkpoint with every float32 tensor in 16 bits: weights in float16, the optimiser's moments in bfloat16
+    (their squares underflow float16). Loading casts them back to the parameters' float32; the rounding is
+    below one optimiser step's change."""
+    if isinstance(state, dict):
+        return {k: (v.to(torch.bfloat16) if k in ("exp_avg", "exp_avg_sq") else v.half())
+                if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else halved(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [halved(v) for v in state]
+    return state
 
 
 def native_bf16() -> bool:
@@ -100,11 +148,11 @@ def init_for_training(module: torch.nn.Module, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3600)
-    parser.add_argument("--grounding-steps", type=int, default=1500, help="second phase, with the grounding loss")
+    parser.add_argument("--steps", type=int, help="first phase (default: the model's recipe, RECIPES)")
+    parser.add_argument("--grounding-steps", type=int, help="second phase, with the grounding loss")
     parser.add_argument("--grounding-lr", type=float, default=5e-4)
     parser.add_argument("--grounding-weight", type=float, default=0.01)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embed-std", type=float, default=1.0, help="initial std of the token embeddings")
     parser.add_argument("--warmup", type=int, default=200)
@@ -114,10 +162,19 @@ def main() -> None:
                         help="bf16: bfloat16 autocast with float32 weights, 1.9x faster than fp32 on CPUs with native "
                              "bfloat16 (AVX512-BF16 or AMX) and about 17x slower on CPUs without (AVX2 only); auto "
                              "picks bf16 where the CPU has it. The two give different (equally deterministic) weights")
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--model", choices=("v1", "v2"), default="v1",
+                        help="v1: the 32x32 pixel-space model; v2: the latent model (64x64 pictures through the "
+                             "autoencoder `python -m shapes_demo.autoencoder` trains; issue #21)")
+    parser.add_argument("--pool", type=int, help="v2: scenes encoded once and drawn from")
+    parser.add_argument("--autoencoder", type=Path, help="v2's autoencoder (default: the one "
+                        "`python -m shapes_demo.autoencoder` writes)")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--init-from", type=Path,
                         help="start from these weights (a file this script wrote) instead of a random initialisation")
     args = parser.parse_args()
+    for name, value in RECIPES[args.model].items():  # what the command line leaves unset
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     torch.set_num_threads(args.threads)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
@@ -129,7 +186,36 @@ def main() -> None:
     import comfy.sd1_clip
     from safetensors.torch import save_file
 
+    from . import model_v2
     from .model import build_clip, build_model, model_config, split_state, token_ids, word_token_count
+
+    v2 = args.model == "v2"
+    if args.out is None:
+        args.out = model_v2.WEIGHTS if v2 else WEIGHTS
+    autoencoder_state, pool = {}, None
+    if v2:
+        from safetensors.torch import load_file
+
+        from .autoencoder import AUTOENCODER, PICTURE_SIZE, SUPERSAMPLE, build_autoencoder
+        from .autoencoder import main as train_autoencoder
+
+        autoencoder = args.autoencoder or AUTOENCODER
+        if not autoencoder.is_file():  # phase 0: the autoencoder, with its own defaults
+            print(f"no autoencoder at {autoencoder}: training it first", flush=True)
+            train_autoencoder(["--out", str(autoencoder), "--threads", str(args.threads)])
+        autoencoder_state = load_file(str(autoencoder))
+        encoder = build_autoencoder(autoencoder_state).taesd_encoder.requires_grad_(False).eval()
+
+        def encode(pictures: torch.Tensor) -> torch.Tensor:  # [B, 3, 64, 64] in -1..1 -> [B, 4, 8, 8]
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return encoder(pictures * 0.5 + 0.5).float()
+
+        build_model, model_config = model_v2.build_model, model_v2.model_config
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pool = latent_pool.load_or_build(
+            args.out.with_suffix(".pool.pt"), args.pool, encode, autoencoder,
+            picture_size=PICTURE_SIZE, supersample=SUPERSAMPLE, side=model_v2.UNET_CONFIG["image_size"])
+        print(f"latent pool: {len(pool)} scenes", flush=True)
 
     patcher = build_model()
     unet = patcher.model.diffusion_model
@@ -137,7 +223,8 @@ def main() -> None:
     clip = build_clip()
     clip_config = Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json"
     text_config = {**json.loads(clip_config.read_text()), **TEXT_CONFIG}
-    text = TextEncoder(text_config)
+    # v2 trains only the rows of the world's words (a small table; the full one stays as initialised)
+    text = TextEncoder(text_config, vocabulary=token_ids(clip, world_vocabulary()) if v2 else None)
     torch.manual_seed(1)
     for p in text.parameters():  # CLIP-like: small normal weights, unit norms
         torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
@@ -147,13 +234,15 @@ def main() -> None:
     for m in text.modules():
         if isinstance(m, torch.nn.LayerNorm):
             torch.nn.init.ones_(m.weight)
+    text.reset_vocabulary()
 
     if args.init_from:
         from safetensors.torch import load_file
 
         unet_state, text_state = split_state(load_file(str(args.init_from)))
         unet.load_state_dict(unet_state)
-        text.load_state_dict(text_state)
+        text.load_state_dict(text_state, strict=False)
+        text.reset_vocabulary()
 
     tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 
@@ -164,7 +253,7 @@ def main() -> None:
     # and layout, keep their full weight (the plain min-SNR weight vanishes there under zero terminal SNR).
     loss_weight = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
 
-    params = list(unet.parameters()) + list(text.parameters())
+    params = [p for p in (*unet.parameters(), *text.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     total = args.steps + args.grounding_steps
 
@@ -179,26 +268,41 @@ def main() -> None:
     recorder = AttentionRecorder(unet)  # after the copies: the averaged UNet is never run, so needs no hooks
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.out.with_suffix(".resume.pt")
+    # v2's checkpoint is compact (half-precision copies, 1/2 the size) and not git-ignored: a run longer than one
+    # working session is resumed from the repository (issue #21)
+    checkpoint = args.out.with_suffix(".checkpoint.pt" if v2 else ".resume.pt")
     first = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        for module, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
-                            (optimizer, "optimizer"), (schedule, "schedule")):
+        for module, key in ((unet, "unet"), (ema_unet, "ema_unet"), (optimizer, "optimizer"), (schedule, "schedule")):
             module.load_state_dict(state[key])
+        for module, key in ((text, "text"), (ema_text, "ema_text")):  # without the untrained table under v2
+            module.load_state_dict(state[key], strict=text.vocabulary_embedding is None)
         first = state["step"]
         for group in optimizer.param_groups:  # the schedule's lr for this step, whatever the saved run's schedule was
             group["lr"] = args.lr * lr_factor(first)
         print(f"resuming at step {first}")
 
+    latent_shape = (args.batch, *pool.latents.shape[1:]) if pool is not None else (args.batch, 3, SIZE, SIZE)
     gen = torch.Generator().manual_seed(2)
     for _ in range(first):  # keep the noise stream aligned with the step on resume
         torch.randint(0, 1000, (args.batch,), generator=gen)
-        torch.randn(args.batch, 3, 32, 32, generator=gen)
+        torch.randn(latent_shape, generator=gen)
+    def save_weights(path: Path, step: int) -> None:
+        state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
+        state |= {f"text.{k}": v.contiguous() for k, v in ema_text.comfy_state_dict().items()}
+        state |= {f"vae.{k}": v.contiguous() for k, v in autoencoder_state.items()}
+        metadata = {"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch),
+                    "step": str(step), "model": args.model}
+        save_file(state, str(path), metadata=metadata)
+
     unet.train()
     started, losses, grounding_losses = time.perf_counter(), [], []
     for step in range(first, total):
-        x0, tokens, truth = batch_of(step, args.batch, tokenize)
+        if pool is not None:
+            x0, tokens, truth = pool_batch(step, args.batch, tokenize, pool)
+        else:
+            x0, tokens, truth = batch_of(step, args.batch, tokenize)
         recorder.active, recorder.records = step >= args.steps, []
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -232,7 +336,8 @@ def main() -> None:
             decay = min(args.ema, (1 + step) / (10 + step))
             for ema, live in ((ema_unet, unet), (ema_text, text)):
                 for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
-                    pe.lerp_(pl, 1 - decay)
+                    if pl.requires_grad:
+                        pe.lerp_(pl, 1 - decay)
         if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - started
             grounded = f"  grounding {np.mean(grounding_losses[-50:]):.3f}" if recorder.active else ""
@@ -240,15 +345,14 @@ def main() -> None:
                   f"lr {schedule.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min  "
                   f"{elapsed / (step + 1 - first):.2f} s/step", flush=True)
         if (step + 1) % 500 == 0 or step + 1 in (args.steps, total):
-            torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                        "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "step": step + 1}, checkpoint)
+            resume = {"unet": unet.state_dict(), "text": trained_state(text), "ema_unet": ema_unet.state_dict(),
+                      "ema_text": trained_state(ema_text), "optimizer": optimizer.state_dict(),
+                      "schedule": schedule.state_dict(), "step": step + 1}
+            torch.save(halved(resume) if v2 else resume, checkpoint)
+            if step + 1 < total:  # the averaged weights so far, for measuring a run while it trains
+                save_weights(args.out.with_suffix(".snapshot.safetensors"), step + 1)
 
-    state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
-    state |= {f"text.{k}": v.contiguous() for k, v in ema_text.state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch)}
-    save_file(state, str(args.out), metadata=metadata)
+    save_weights(args.out, total)
     minutes = (time.perf_counter() - started) / 60
     print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after {minutes:.1f} min")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "SIZE", "SHAPES", "COLORS", "BACKGROUNDS", "SIZES", "POSITIONS", "TEXTURE",
-    "Obj", "Scene", "sample_scene", "render", "caption", "with_article", "coverage",
+    "Obj", "Scene", "sample_scene", "render", "caption", "with_article", "coverage", "world_vocabulary",
 ]
 
 SIZE = 32
@@ -97,6 +97,13 @@ def caption(scene: Scene) -> str:
     return text
 
 
+def world_vocabulary() -> str:
+    """Every word a caption can use, once."""
+    words = ["a", "an", "and", "on", "background", TEXTURE, *SHAPES, *COLORS, *SIZES, *BACKGROUNDS]
+    words += [w for _, phrase in POSITIONS.values() for w in phrase.split()]
+    return " ".join(dict.fromkeys(words))
+
+
 def _fits(x: float, y: float, r: float) -> bool:
     return r <= x <= SIZE - r and r <= y <= SIZE - r
 
@@ -144,10 +151,12 @@ def coverage(o: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return (dy >= top) & (dy <= base) & (np.abs(dx) <= half_width)
 
 
-def render(scene: Scene, supersample: int = 4) -> tuple[np.ndarray, list[np.ndarray]]:
-    """[SIZE, SIZE, 3] float32 image in 0..1 and one exact bool mask per object (its visible pixels)."""
-    n = SIZE * supersample
-    coords = (np.arange(n) + 0.5) / supersample
+def render(scene: Scene, supersample: int = 4, size: int = SIZE) -> tuple[np.ndarray, list[np.ndarray]]:
+    """[size, size, 3] float32 image in 0..1 and one exact bool mask per object (its visible pixels).
+
+    Scenes live in SIZE x SIZE units; `size` renders the same scene at another resolution (finer pixels)."""
+    n = size * supersample
+    coords = (np.arange(n) + 0.5) / supersample * (SIZE / size)  # pixel centres in scene units
     xs, ys = np.meshgrid(coords, coords)
     canvas = np.empty((n, n, 3), np.float32)
     canvas[:] = BACKGROUNDS[scene.background]
@@ -162,9 +171,9 @@ def render(scene: Scene, supersample: int = 4) -> tuple[np.ndarray, list[np.ndar
         else:
             canvas[inside] = color
         owner[inside] = i
-    image = canvas.reshape(SIZE, supersample, SIZE, supersample, 3).mean(axis=(1, 3))
+    image = canvas.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     masks = []
     for i in range(len(scene.objects)):
-        share = (owner == i).reshape(SIZE, supersample, SIZE, supersample).mean(axis=(1, 3))
+        share = (owner == i).reshape(size, supersample, size, supersample).mean(axis=(1, 3))
         masks.append(share >= 0.5)
     return image, masks

@@ -198,3 +198,129 @@ def test_training_script_runs_both_phases_and_writes_loadable_weights(tmp_path, 
     end = load_file(str(tuned))
     assert start.keys() == end.keys()
     assert max((end[k] - start[k]).abs().max().item() for k in start) < 1e-3
+
+
+# --- demo model v2 (issue #21): the latent model's parts -------------------------------------------------------
+
+
+def test_world_renders_the_same_scene_finer():
+    """A scene rendered at 64x64 samples the same points as at 32x32: averaged down, the picture is the 32x32
+    one, and every pixel of an object's 32x32 mask holds a pixel of its 64x64 mask."""
+    for seed in range(20):
+        scene = sample_scene(random.Random(seed))
+        image, masks = render(scene)
+        fine, fine_masks = render(scene, supersample=2, size=2 * SIZE)
+        assert fine.shape == (2 * SIZE, 2 * SIZE, 3)
+        np.testing.assert_allclose(metrics.to_world_pixels(fine[None])[0], image, atol=1e-5)
+        for mask, fine_mask in zip(masks, fine_masks, strict=True):
+            covered = np.asarray(fine_mask.reshape(SIZE, 2, SIZE, 2).any(axis=(1, 3)))
+            assert covered[mask].all()
+
+
+def test_text_encoder_trained_rows_reach_comfyui(host):
+    """Training only the world's vocabulary rows (v2): the small table's rows are what ComfyUI's CLIP uses for
+    those tokens, every other row stays as initialised, and the twin matches ComfyUI's output."""
+    import comfy.sd1_clip
+
+    from shapes_demo.model import TEXT_CONFIG, build_clip, token_ids
+    from shapes_demo.text_encoder import TextEncoder
+    from shapes_demo.world import world_vocabulary
+
+    config = {**json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text()), **TEXT_CONFIG}
+    vocabulary = token_ids(build_clip(), world_vocabulary())
+    twin = TextEncoder(config, vocabulary=vocabulary)
+    torch.manual_seed(0)
+    for p in twin.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    assert twin.vocabulary_embedding is not None
+    table = twin.text_model.embeddings.token_embedding.weight.detach().clone()
+    assert not twin.text_model.embeddings.token_embedding.weight.requires_grad
+    state = twin.comfy_state_dict()
+    written = state["text_model.embeddings.token_embedding.weight"]
+    ids = sorted(set(vocabulary))
+    torch.testing.assert_close(written[ids], twin.vocabulary_embedding.detach())
+    others = torch.ones(len(table), dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(written[others], table[others])
+    clip = build_clip(state)
+    tokens = clip.tokenize("a big red circle on the left and a striped blue square")
+    ours = twin(torch.tensor([[t for t, _ in tokens["l"][0]]]))
+    torch.testing.assert_close(ours, clip.encode_from_tokens(tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_autoencoder_is_a_comfyui_taesd(host):
+    """v2's autoencoder state loads into ComfyUI's VAE as TAESD (4 channels, 8x downscale), and ComfyUI's VAE
+    Encode gives the latents the training pipeline computes with the bare encoder."""
+    import comfy.sd
+
+    from shapes_demo.autoencoder import LATENT_CHANNELS, PICTURE_SIZE, build_autoencoder, scene_batch
+
+    module = build_autoencoder()
+    torch.manual_seed(0)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        module.vae_scale.fill_(1.0)
+        module.vae_shift.fill_(0.0)
+    vae = comfy.sd.VAE(sd=module.state_dict())
+    assert vae.latent_channels == LATENT_CHANNELS and vae.spacial_compression_encode() == 8
+    pictures, presence, _ = scene_batch(0, 2)  # [2, 3, 64, 64] in -1..1
+    assert pictures.shape == (2, 3, PICTURE_SIZE, PICTURE_SIZE) and presence.shape == (2, 8, 8)
+    with torch.inference_mode():
+        ours = module.taesd_encoder(pictures * 0.5 + 0.5)
+        theirs = vae.encode(pictures.permute(0, 2, 3, 1) * 0.5 + 0.5)  # VAE Encode takes [B, H, W, 3] in 0..1
+    torch.testing.assert_close(theirs.float(), ours, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(host):
+    """A pool of encoded scenes is a function of its size and encoder; the cell shares it keeps give the
+    grounding loss the same targets as the full-resolution masks."""
+    from shapes_demo.grounding import allowed_tokens, token_groups
+    from shapes_demo.latent_pool import build, pool_scene
+    from shapes_demo.model import build_clip, word_token_count
+
+    def encode(x):  # a stand-in encoder: 8x8 cell means and one more channel
+        cells = torch.nn.functional.avg_pool2d(x, 8)
+        return torch.cat([cells, cells.mean(1, keepdim=True)], 1)
+
+    first, second = (build(6, encode, picture_size=64, supersample=2, side=8) for _ in range(2))
+    assert torch.equal(first.latents, second.latents) and torch.equal(first.shares, second.shares)
+    assert first.latents.shape == (6, 4, 8, 8)
+    clip = build_clip()
+    for i in range(6):
+        scene = pool_scene(i)
+        _, masks = render(scene, supersample=2, size=64)
+        shares = [first.shares[i, j].float().numpy() for j in range(len(masks))]
+        groups = token_groups(scene, lambda text: word_token_count(clip, text))
+        for side in (8, 4, 2):
+            from_masks, from_shares = allowed_tokens(groups, masks, side, 77), allowed_tokens(groups, shares, side, 77)
+            assert all(np.array_equal(a, b) for a, b in zip(from_masks, from_shares, strict=True))
+
+
+def test_v2_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, host):
+    """The latent model's recipe at toy size: the autoencoder trains, the diffusion phases train on a pool of
+    its latents, the weights load as ComfyUI parts (TAESD VAE, 4-channel UNet), and a second run resumes from
+    the compact (16-bit) checkpoint."""
+    import subprocess
+    import sys
+
+    from shapes_demo.model import load
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    autoencoder = tmp_path / "vae.safetensors"
+    run("shapes_demo.autoencoder", "--steps", "2", "--batch", "2", "--out", str(autoencoder))
+    out = tmp_path / "v2.safetensors"
+    tiny = ("--model", "v2", "--autoencoder", str(autoencoder), "--pool", "8", "--batch", "4", "--steps", "2",
+            "--grounding-steps", "1", "--precision", "fp32", "--out", str(out))
+    run("shapes_demo.train", *tiny)
+    model, clip, vae = load(out)
+    assert model.model.latent_format.latent_channels == 4 and vae.spacial_compression_decode() == 8
+    assert all(torch.isfinite(p).all() for p in model.model.diffusion_model.parameters())
+    checkpoint = torch.load(out.with_suffix(".checkpoint.pt"), weights_only=False)
+    assert {v.dtype for v in checkpoint["unet"].values()} == {torch.float16}
+    assert "resuming at step 3" in run("shapes_demo.train", *tiny).stdout

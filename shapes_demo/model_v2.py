@@ -1,0 +1,38 @@
+"""Demo model v2 (issue #21, in training): a latent model with attention at every resolution.
+
+* VAE: ComfyUI's TAESD architecture trained on the world (`shapes_demo.autoencoder`): 64x64 pictures,
+  8x8x4 latents whose channel 0 carries object coverage for every colour alike.
+* UNet: ComfyUI's `openaimodel.UNetModel` through the SD1.5 configuration, 4 latent channels, spatial
+  transformers at 8x8 (the full latent resolution, as SD has), 4x4 and 2x2 and in the middle block.
+* Text encoder: as v1 (ComfyUI's SD1 CLIP text model at width 64, the real SD1 tokenizer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import model as demo
+from .autoencoder import LATENT_CHANNELS, LATENT_SIZE
+
+__all__ = ["UNET_CONFIG", "WEIGHTS", "model_config", "build_model"]
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
+
+UNET_CONFIG = {  # v1's, with these differences
+    **demo.UNET_CONFIG,
+    "image_size": LATENT_SIZE,
+    "in_channels": LATENT_CHANNELS,
+    "out_channels": LATENT_CHANNELS,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1],  # per input res-block: attention at 8x8, 4x4 and 2x2
+    "transformer_depth_output": [1] * 9,  # per output block, from the finest level up
+}
+
+
+def model_config():
+    return demo.model_config(UNET_CONFIG, pixel_space=False)
+
+
+def build_model(unet_state: dict | None = None):
+    """v2's UNet as a ComfyUI MODEL (ModelPatcher); weights from `unet_state` if given."""
+    return demo.build_model(unet_state, UNET_CONFIG, pixel_space=False)
