@@ -115,7 +115,8 @@ def halved(state):
     below one optimiser step's change."""
     if isinstance(state, dict):
         return {k: (v.to(torch.bfloat16) if k in ("exp_avg", "exp_avg_sq") else v.half())
-                if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else halved(v) for k, v in state.items()}
+                if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and k != "step" else halved(v)
+                for k, v in state.items()}
     if isinstance(state, list):
         return [halved(v) for v in state]
     return state

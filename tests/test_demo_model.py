@@ -323,4 +323,7 @@ def test_v2_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, hos
     assert all(torch.isfinite(p).all() for p in model.model.diffusion_model.parameters())
     checkpoint = torch.load(out.with_suffix(".checkpoint.pt"), weights_only=False)
     assert {v.dtype for v in checkpoint["unet"].values()} == {torch.float16}
+    states = list(checkpoint["optimizer"]["state"].values())
+    assert {s["exp_avg_sq"].dtype for s in states} == {torch.bfloat16}  # float16 would underflow
+    assert {s["step"].dtype for s in states} == {torch.float32}  # counts stay exact
     assert "resuming at step 3" in run("shapes_demo.train", *tiny).stdout
