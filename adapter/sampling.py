@@ -40,7 +40,7 @@ from .inversion import (
     same_schedule,
 )
 from .patch import HostRun, install
-from .unet import UnsupportedModel, attention_sites, nearest_downsample
+from .unet import UnsupportedModel, attention_sites, map_downsample
 
 __all__ = ["InputNames", "SAMPLER_INPUTS", "GUIDER_INPUTS", "EditGuider", "RunOutput", "shared_noise_sampler",
            "check_invertible"]
@@ -155,7 +155,7 @@ class EditGuider(comfy.samplers.CFGGuider):
                               f"model expects {expected}: encode them with the CLIP of the same checkpoint")
         if capture is not None and self.joint is None:
             classes = sorted({s.downsample for s in self.sites})
-            if (capture.downsample or nearest_downsample(self.sites)) not in classes:
+            if capture.downsample is not None and capture.downsample not in classes:
                 raise input_error(node, "capture", f"this model has no attention layers at 1/{capture.downsample} "
                                   f"of the latent size; it has them at {', '.join(f'1/{c}' for c in classes)}")
         if inversion is not None:
@@ -184,12 +184,13 @@ class EditGuider(comfy.samplers.CFGGuider):
             raise input_error(names.node, names.steps, "holds no step to sample (fewer than two noise levels)")
         start = self._start(noise, latent_image, sampler, sigmas, denoise_mask)
         num_steps = sigmas.shape[-1] - 1
+        latent_side = min(latent_image.shape[-2:])
         recorder = None
         if self.capture is not None:
             prompts = (self.edit.batch.source, *(e.target for e in self.edit.batch.edits))
-            downsample = (self.capture.downsample or nearest_downsample(self.sites)) if self.sites else 1
+            downsample = (self.capture.downsample or map_downsample(self.sites, latent_side)) if self.sites else 1
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
-        blend_downsample = nearest_downsample(self.sites) if self.sites else None
+        blend_downsample = map_downsample(self.sites, latent_side) if self.sites else None
         joint_blend = None if self.joint is None else blend_layers(self.joint, self.model_patcher.model.model_config
                                                                     .unet_config)
         run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder,

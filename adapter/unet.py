@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-__all__ = ["AttentionSite", "attention_sites", "UnsupportedModel", "model_family", "nearest_downsample"]
+__all__ = ["AttentionSite", "attention_sites", "UnsupportedModel", "model_family", "map_downsample"]
 
 
 class UnsupportedModel(ValueError):
@@ -61,7 +61,13 @@ def model_family(model_patcher) -> str:
     return type(config).__name__ if config is not None else type(model_patcher.model).__name__
 
 
-def nearest_downsample(sites: list[AttentionSite], wanted: int = 4) -> int:
-    """The resolution class closest to `wanted` (1/4 of the latent: the paper's 16x16 maps at 512 px)."""
+MIN_MAP_SIDE = 8  # a coarser map cannot tell two objects apart: 1/4 of an 8x8 latent would be 2x2
+
+
+def map_downsample(sites: list[AttentionSite], latent_side: int, wanted: int = 4) -> int:
+    """The resolution class local blend and the default capture read: the one closest to `wanted` (1/4 of the
+    latent: the paper's 16x16 maps at 512 px) among those whose maps have at least MIN_MAP_SIDE cells a side
+    on a latent of `latent_side` (the shorter side), or the finest there is."""
     factors = sorted({s.downsample for s in sites})
-    return min(factors, key=lambda f: (abs(f - wanted), f))
+    fine_enough = [f for f in factors if latent_side // f >= MIN_MAP_SIDE] or factors[:1]
+    return min(fine_enough, key=lambda f: (abs(f - wanted), f))

@@ -30,7 +30,8 @@ class P2PAttentionCapture(io.ComfyNode):
                     "Off: nothing is captured and capturing costs nothing; the `attention` output is then empty.")),
                 io.Combo.Input("resolution", options=list(RESOLUTIONS), default="auto", tooltip=(
                     "Layers whose maps are captured, by size relative to the latent. auto: 1/4 (the paper's 16x16 "
-                    "maps at 512 px); finer maps are sharper but noisier.")),
+                    "maps at 512 px), or finer where 1/4 would give maps under 8x8 (a small latent); finer maps are "
+                    "sharper but noisier.")),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="First step averaged, as a fraction of the steps."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01,

@@ -18,16 +18,16 @@ class P2PDemoModel(io.ComfyNode):
             node_id="P2PDemoModel",
             display_name="P2P Demo Model (shapes)",
             category=CATEGORY,
-            description="A small text-to-image model trained by this project on 32x32 pictures of coloured shapes "
+            description="A small text-to-image model trained by this project on 64x64 pictures of coloured shapes "
             "(see MODEL.md), built from ComfyUI's own classes. Runs in seconds on a CPU. Its words: circle, square, "
             "triangle; red, green, blue, yellow, purple, orange; small, big; on the left/right, at the top/bottom, "
-            "in the center; striped; on a white/black/gray background. Use 'Empty Chroma Radiance Latent Image' at "
-            "32x32 for its latent.",
+            "in the center; striped; on a white/black/gray background. Use 'Empty Latent Image' at 64x64 for its "
+            "latent.",
             inputs=[],
             outputs=[
-                io.Model.Output(tooltip="The UNet (32x32 pixel space)."),
+                io.Model.Output(tooltip="The UNet, on 8x8 latents with 4 channels, attention at 8x8, 4x4 and 2x2."),
                 io.Clip.Output(tooltip="Its text encoder, with ComfyUI's SD1 tokenizer."),
-                io.Vae.Output(tooltip="A pixel-space VAE: latents are the pixels."),
+                io.Vae.Output(tooltip="Its autoencoder, of ComfyUI's TAESD architecture: 64x64 pictures, 8x8 latents."),
             ],
         )
 

@@ -1,13 +1,15 @@
-"""The demo model: a small text-to-image model built only from ComfyUI's classes.
+"""The demo models: small text-to-image models built only from ComfyUI's classes.
 
+v1 (issue #3), built here:
 * UNet: ComfyUI's `openaimodel.UNetModel` (through the SD1.5 model configuration, so ComfyUI's samplers
   and every patch point work unchanged), v-prediction on the SD1 noise schedule rescaled to zero terminal
   SNR, 3 pixel channels, 32x32, cross-attention at 16x16 and 8x8.
 * Text encoder: ComfyUI's SD1 CLIP text model (`SD1ClipModel`), shrunk to 2 layers of width 64, driven by
   ComfyUI's real SD1 CLIP tokenizer.
-* VAE: ComfyUI's pixel-space VAE (images are the latents, scaled to -1..1).
+* VAE: ComfyUI's pixel-space VAE (images are the latents, scaled to -1..1); needs ComfyUI >= 0.3.75.
 
-Needs ComfyUI >= 0.3.75 (pixel-space VAE and `EmptyChromaRadianceLatentImage` for empty 3-channel latents).
+v2 (issue #21, the committed model; `model_v2`): the same text encoder, a UNet with attention at every
+resolution of an 8x8x4 latent, and a TAESD-architecture autoencoder (`autoencoder`). `load` reads either.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "build_model", "build_clip", "build_vae", "load"]
+__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "V1_WEIGHTS", "build_model", "build_clip",
+           "build_vae", "load"]
 
 IMAGE_SIZE = 32
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo.safetensors"
+# the committed model, which P2P Demo Model loads: v2 (issue #21, `model_v2`); v1 is issue #3's pixel-space
+# model, rebuilt by `python -m shapes_demo.train --model v1` (its weights are no longer committed)
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
+V1_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo.safetensors")
 
 UNET_CONFIG = {
     "use_checkpoint": False,
@@ -59,9 +65,14 @@ def model_config(unet_config: dict = UNET_CONFIG, pixel_space: bool = True):
 
     config = comfy.supported_models.SD15(unet_config)
     config.unet_config["num_heads"] = UNET_HEADS
-    # 3 channels, identity scaling: pixels. ComfyUI declares `latent_format` as a class and replaces it with an
-    # instance in BASE.__init__, so an instance is what belongs here; ty reads the class-level declaration.
-    latent_format = comfy.latent_formats.ChromaRadiance() if pixel_space else comfy.latent_formats.LatentFormat()
+    # v1: 3 channels, identity scaling: pixels. v2: 4 channels, identity scaling, under a name of its own, which
+    # inversions record (so one made with an SD1.5 checkpoint, also 4 channels, is refused by name). ComfyUI
+    # declares `latent_format` as a class and replaces it with an instance in BASE.__init__, so an instance is
+    # what belongs here; ty reads the class-level declaration.
+    if pixel_space:
+        latent_format = comfy.latent_formats.ChromaRadiance()
+    else:
+        latent_format = type("ShapesDemo", (comfy.latent_formats.LatentFormat,), {"scale_factor": 1.0})()
     config.latent_format = latent_format  # ty: ignore[invalid-assignment]
     # Zero terminal SNR: at 32x32 pixels the SD1 schedule's last step keeps the noise's mean colour in the
     # picture (a 32x32 image averages too few pixels to hide it); the rescaled schedule lets the model pick it.

@@ -1,4 +1,4 @@
-"""Demo model v2 (issue #21, in training): a latent model with attention at every resolution.
+"""Demo model v2 (issue #21, the committed model): a latent model with attention at every resolution.
 
 * VAE: ComfyUI's TAESD architecture trained on the world (`shapes_demo.autoencoder`): 64x64 pictures,
   8x8x4 latents whose channel 0 carries object coverage for every colour alike.
@@ -9,14 +9,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import model as demo
 from .autoencoder import LATENT_CHANNELS, LATENT_SIZE
 
-__all__ = ["UNET_CONFIG", "WEIGHTS", "model_config", "build_model"]
-
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
+__all__ = ["UNET_CONFIG", "model_config", "build_model"]
 
 UNET_CONFIG = {  # v1's, with these differences
     **demo.UNET_CONFIG,

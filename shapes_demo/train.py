@@ -42,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import latent_pool
 from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
-from .model import TEXT_CONFIG, WEIGHTS
+from .model import TEXT_CONFIG, V1_WEIGHTS, WEIGHTS
 from .text_encoder import TextEncoder
 from .world import SIZE, render, sample_scene, world_vocabulary
 
@@ -192,7 +192,7 @@ def main() -> None:
 
     v2 = args.model == "v2"
     if args.out is None:
-        args.out = model_v2.WEIGHTS if v2 else WEIGHTS
+        args.out = WEIGHTS if v2 else V1_WEIGHTS
     autoencoder_state, pool = {}, None
     if v2:
         from safetensors.torch import load_file

@@ -29,18 +29,33 @@ def test_capturing_does_not_change_the_pictures_and_off_captures_nothing(host):
     assert _maps(out) is not None and _maps(out, "p2p_off") is None
 
 
-def test_default_capture_is_the_papers_choice(host, pack):
-    """1/4-resolution layers of the down and up blocks, every step; each pixel's attention sums to 1 over the
-    source's tokens (a known answer: softmax rows, averaged)."""
-    g, n = p2p_graph(steps=5)
+@pytest.mark.parametrize("size, downsample", [(256, 4), (128, 2)], ids=["quarter", "at_least_8x8"])
+def test_default_capture_is_the_papers_choice(host, pack, size, downsample):
+    """1/4-resolution layers of the down and up blocks (256 px: a 32x32 latent, 8x8 maps), or finer where 1/4
+    would give maps under 8x8 (128 px: 1/2), every step; each pixel's attention sums to 1 over the source's
+    tokens (a known answer: softmax rows, averaged)."""
+    g, n = p2p_graph(steps=5, width=size, height=size)
     out = host.run(g.prompt(), keep=("p2p", "loader"))
     maps = _maps(out)
     sites = pack.adapter.unet.attention_sites(out["loader"][0])
-    expected_layers = {s.key for s in sites if s.downsample == 4 and s.key[0] in ("input", "output")}
-    assert maps.spatial == (4, 4)  # 128 px -> 16x16 latent -> 1/4
+    expected_layers = {s.key for s in sites if s.downsample == downsample and s.key[0] in ("input", "output")}
+    assert maps.spatial == (8, 8)
     assert maps.steps == tuple(range(5)) and maps.layer_count == len(expected_layers)
-    torch.testing.assert_close(maps.cross[0].sum(-1), torch.ones(4, 4))
-    assert maps.self_maps[0].shape == (16, 16)
+    torch.testing.assert_close(maps.cross[0].sum(-1), torch.ones(8, 8))
+    assert maps.self_maps[0].shape == (64, 64)
+
+
+@pytest.mark.parametrize("factors, latent_side, expected", [
+    ((1, 2, 4), 64, 4),  # SD1.5 at 512 px: the paper's 16x16
+    ((2, 4), 128, 4),  # SDXL at 1024 px: 32x32
+    ((1, 2, 4), 16, 2),  # 1/4 would be 4x4
+    ((1, 2, 4), 8, 1),  # the demo model's 8x8 latent: 1/4 would be 2x2
+    ((4,), 8, 4),  # nothing finer to take
+])
+def test_maps_are_read_at_a_quarter_of_the_latent_but_not_under_8x8(pack, factors, latent_side, expected):
+    unet = pack.adapter.unet
+    sites = [unet.AttentionSite(("input", i, 0), factor) for i, factor in enumerate(factors)]
+    assert unet.map_downsample(sites, latent_side) == expected
 
 
 def test_capture_settings_choose_layers_and_steps(host):

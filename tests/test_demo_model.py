@@ -81,8 +81,9 @@ def test_demo_weights_are_small_and_load(pack):
     assert WEIGHTS.stat().st_size < 40 * 2**20
     model, clip, vae = pack.nodes.P2PDemoModel.execute()
     dm = model.get_model_object("diffusion_model")
-    assert type(dm).__name__ == "UNetModel" and model.model.latent_format.latent_channels == 3
-    assert {s.downsample for s in pack.adapter.unet.attention_sites(model)} == {2, 4}  # 16x16 and 8x8
+    assert type(dm).__name__ == "UNetModel" and model.model.latent_format.latent_channels == 4
+    assert {s.downsample for s in pack.adapter.unet.attention_sites(model)} == {1, 2, 4}  # 8x8, 4x4, 2x2
+    assert type(vae.first_stage_model).__name__ == "TAESD"
 
 
 def test_demo_model_draws_what_it_is_told(host):
@@ -138,8 +139,8 @@ def test_object_words_attend_to_their_objects(host, pack):
     from p2p.capture import word_maps
 
     bench = Bench(steps=20, host=host)
-    # the second half of the steps, on the 16x16 layers: where the picture shows through the noise
-    capture = pack.nodes.P2PAttentionCapture.execute(True, "1/2", 0.5, 1.0, "down+up", False, False)[0]
+    # the second half of the steps, on the full-resolution (8x8) layers: where the picture shows through the noise
+    capture = pack.nodes.P2PAttentionCapture.execute(True, "1/1", 0.5, 1.0, "down+up", False, False)[0]
     lift = []
     for seed in range(4):
         edit = pack.nodes.P2PEditSpec.execute(bench.clip, "a red circle and a blue square",

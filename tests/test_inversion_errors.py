@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from test_inversion import NULL_TEXT, SOURCE, TARGET, RenderedScene, demo_graph, psnr
 
+from shapes_demo.autoencoder import PICTURE_SIZE
 from tools.graph import Graph
 from tools.host import HostError
 
@@ -160,7 +161,7 @@ DAMAGED = r"is damaged or from another version: "
     ({"cfg": "abc"}, DAMAGED + r"its cfg 'abc' is not a number"),
     ({"cfg": "nan"}, DAMAGED + r"its guidance scale is nan"),
     ({"method": "magic"}, DAMAGED + r"unknown inversion method 'magic'"),
-    ({"latent_channels": "three"}, DAMAGED + r"its latent_channels 'three' are not its trajectory's 3"),
+    ({"latent_channels": "three"}, DAMAGED + r"its latent_channels 'three' are not its trajectory's 4"),
     ({"trajectory": lambda t: (t * 100).long()}, DAMAGED + r"its trajectory tensor is torch.int64"),
     ({"trajectory": lambda t: t.flatten(1)}, DAMAGED + r"its trajectory tensor has 2 dimensions instead of 4"),
     ({"trajectory": lambda t: t[1:]}, DAMAGED + r"its trajectory has 4 latents for 5 sigmas"),
@@ -192,11 +193,11 @@ def test_damaged_inversion_files_are_refused_by_the_loader(host, saved, folder, 
     ({"null_contexts": lambda c: c[:, :70]},
      r"input 'inversion': its null-text contexts have 70 tokens, not a whole number of the text encoder's "
      r"77-token chunks"),
-    ({"trajectory": lambda t: t[..., :30, :30]},
-     r"input 'inversion': its latent is 30x30, but this model's latent sides are multiples of 4"),
+    ({"trajectory": lambda t: t[..., :6, :6]},
+     r"input 'inversion': its latent is 6x6, but this model's latent sides are multiples of 4"),
     ({"sigmas": lambda s: s * 1.5}, r"input 'inversion': was made for another model's noise schedule"),
     ({"latent_format": "SDXL"}, r"input 'inversion': was made with a model whose latents are SDXL's; this "
-                                r"model's are ChromaRadiance's"),
+                                r"model's are ShapesDemo's"),
     ({"scheduler": "karras"}, r"input 'scheduler': the inversion was made with the 'karras' scheduler"),
 ], ids=["context_width", "context_tokens", "latent_size", "noise_schedule", "latent_format", "scheduler"])
 def test_inversions_that_do_not_fit_the_sampler_name_the_input_to_change(host, saved, written, changes, match):
@@ -231,9 +232,10 @@ def _sd15_inversion(g):
 
 
 @pytest.mark.parametrize("target, match", [
-    ("demo", r"was made with a model of 4 latent channels; this model has 3"),
+    ("sd3", r"was made with a model of 4 latent channels; this model has 16"),
     ("sdxl", r"was made with a model whose latents are SD15's; this model's are SDXL's"),
-], ids=["other_channels", "other_latent_format"])
+    ("demo", r"was made with a model whose latents are SD15's; this model's are ShapesDemo's"),
+], ids=["other_channels", "other_latent_format", "same_channels_other_format"])
 def test_an_inversion_from_another_model_family_blames_the_inversion(host, target, match):
     """Not the steps or the scheduler in use (here also different from the inversion's)."""
     g = Graph()
@@ -241,7 +243,7 @@ def test_an_inversion_from_another_model_family_blames_the_inversion(host, targe
     if target == "demo":
         model, clip = g.node("P2PDemoModel", "model").outputs(2)
     else:
-        model, clip = g.node("RandomModelLoader", "model", shape="sdxl", seed=0, dtype="float32").outputs(2)
+        model, clip = g.node("RandomModelLoader", "model", shape=target, seed=0, dtype="float32").outputs(2)
     neg = g.node("CLIPTextEncode", "negative", clip=clip, text="")
     edit = g.node("P2PEditSpec", "edit", clip=clip, source_prompt=SOURCE, target_prompt=TARGET, mode="auto",
                   cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
@@ -265,7 +267,7 @@ class NonFiniteImage:
         return {"required": {"value": ("STRING", {"default": "nan"})}}
 
     def render(self, value):
-        (image,) = RenderedScene().render(12.0, 32)
+        (image,) = RenderedScene().render(12.0, PICTURE_SIZE)
         image = image.clone()
         image[0, 5, 5, 1] = float(value)
         return (image,)

@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shapes_demo.autoencoder import PICTURE_SIZE as DEMO_SIZE
+
 from .graph import Graph
 from .workflow import to_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
+DEMO_VIEW_SCALE = 4.0  # the demo's 64x64 pictures shown at 256x256
 
 SD15_CHECKPOINT = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
@@ -226,13 +229,13 @@ def _sd15_controlnet() -> tuple[Graph, dict, list, dict]:
 
 DEMO_NOTE = """## The demo model
 
-**P2P Demo Model** is a small text-to-image model this project trained on 32x32 pictures of coloured shapes
+**P2P Demo Model** is a small text-to-image model this project trained on 64x64 pictures of coloured shapes
 (see MODEL.md). It runs in seconds on a CPU, so every knob can be tried at once.
 
 Its words: *circle, square, triangle; red, green, blue, yellow, purple, orange; small, big; on the left,
 on the right, at the top, at the bottom, in the center; striped; on a white / black / gray background*.
 
-The latent is 32x32 pixels (**Empty Chroma Radiance Latent Image**); the images are scaled x8 for viewing.
+Its latent is 8x8 with 4 channels (**Empty Latent Image** at 64x64); the pictures are scaled x4 for viewing.
 """
 
 ATTENTION_NOTE = """## Attention heatmaps
@@ -274,17 +277,17 @@ def _demo_guider() -> tuple[Graph, dict, list, dict]:
                   target_prompt="a yellow circle and a small blue square", mode="auto", cross_replace=0.8,
                   self_replace=0.4, self_layers="coarse", word_schedule="")
     neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
-    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/2", start=0.0, end=1.0,
+    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1", start=0.0, end=1.0,
                      layers="down+up", per_step=False, self_attention=True)
     guider = g.node("P2PGuider", "guider", model=model.out(0), edit=edit, negative=neg, cfg=5.0, capture=capture)
     noise = g.node("RandomNoise", "noise", noise_seed=DEMO_SEEDS["p2p_demo_word_swap"])
     sampler_select = g.node("KSamplerSelect", "sampler_select", sampler_name="euler")
     sigmas = g.node("BasicScheduler", "sigmas", model=model.out(0), scheduler="normal", steps=30, denoise=1.0)
-    latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    latent = g.node("EmptyLatentImage", "latent", width=DEMO_SIZE, height=DEMO_SIZE, batch_size=1)
     sampler = g.node("SamplerCustomAdvanced", "sampler", noise=noise, guider=guider, sampler=sampler_select,
                      sigmas=sigmas, latent_image=latent)
     decode = g.node("VAEDecode", "decode", samples=sampler.out(0), vae=model.out(2))
-    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=DEMO_VIEW_SCALE)
     g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_guider")
     attention = g.node("P2PGuiderAttention", "attention", guider=guider, latent=sampler.out(0))
     positions = {"model": (40, 40), "edit": (380, 40), "negative": (40, 560), "capture": (380, 540),
@@ -308,26 +311,27 @@ DEMO_WORKFLOWS = {
     "p2p_demo_refinement": ("Refinement: words are added; the new ones keep their own attention.",
                             "a purple triangle",
                             [("a striped purple triangle on a gray background", {})]),
-    "p2p_demo_reweight": ("Re-weighting: the same prompt three times, with *big* weighted 0, 2 and 4.",
+    "p2p_demo_reweight": ("Re-weighting: the same prompt three times, with *green* weighted 0, 2 and 4: a fader on "
+                          "how much of the picture takes the colour.",
                           "a big green square",
-                          [("a big green square", {"weights": "big: 0"}),
-                           ("a big green square", {"weights": "big: 2"}),
-                           ("a big green square", {"weights": "big: 4"})]),
+                          [("a big green square", {"weights": "green: 0"}),
+                           ("a big green square", {"weights": "green: 2"}),
+                           ("a big green square", {"weights": "green: 4"})]),
     "p2p_demo_local_blend": ("Local blend: only the circle may change; the square is kept pixel for pixel.",
                              "a red circle on the left and a blue square on the right",
                              [("a green circle on the left and a blue square on the right",
                                {"blend": ("red circle", "green circle")})]),
     "p2p_demo_attention_maps": ("Attention heatmaps of a word swap, drawn inside P2P Attention Maps (queue, then "
-                                "pick words). The demo's pictures are 32x32, so its maps are captured at 1/2 "
-                                "(16x16).",
+                                "pick words). The demo's latent is 8x8, so its maps are captured at 1/1 "
+                                "(8x8).",
                                 "a red circle and a small blue square",
                                 [("a yellow circle and a small blue square", {})]),
 }
 
 
-DEMO_SEEDS = {  # from tools/pick_demo_seeds.py; refinement and local blend: no seed of 0-15 passes (MODEL.md)
-    "p2p_demo_word_swap": 2, "p2p_demo_refinement": 0, "p2p_demo_reweight": 14, "p2p_demo_local_blend": 0,
-    "p2p_demo_attention_maps": 2,
+DEMO_SEEDS = {  # from tools/pick_demo_seeds.py
+    "p2p_demo_word_swap": 0, "p2p_demo_refinement": 0, "p2p_demo_reweight": 0, "p2p_demo_local_blend": 7,
+    "p2p_demo_attention_maps": 0,
 }
 
 
@@ -353,11 +357,11 @@ def _demo(name: str):
             positions[f"blend{k}"], sizes[f"blend{k}"] = (x, 540), (400, 230)
         x += 440
     neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
-    latent = g.node("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    latent = g.node("EmptyLatentImage", "latent", width=DEMO_SIZE, height=DEMO_SIZE, batch_size=1)
     sampler = g.node("P2PSampler", "sampler", model=model.out(0), edit=previous, negative=neg, latent_image=latent,
                      seed=DEMO_SEEDS[name], steps=30, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     decode = g.node("VAEDecode", "decode", samples=sampler, vae=model.out(2))
-    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=DEMO_VIEW_SCALE)
     g.node("SaveImage", "save", images=scale, filename_prefix=name)
     positions |= {"negative": (40, 560), "latent": (40, 780), "sampler": (x, 40), "decode": (x, 420),
                   "scale": (x, 510), "save": (x + 360, 40)}
@@ -366,7 +370,7 @@ def _demo(name: str):
     note = f"{DEMO_NOTE}\n**This workflow.** {intro}\n"
     notes = [(note, (40, 180), (300, 360))]
     if name == "p2p_demo_attention_maps":
-        sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/2",
+        sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1",
                                            start=0.0, end=1.0, layers="down+up", per_step=False, self_attention=True)
         _add_attention_maps(g, sampler.out(1), decode, positions, sizes, notes, x=x, y=640)
         positions["capture"], sizes["capture"] = (x - 440, 640), (400, 250)
@@ -424,9 +428,10 @@ def _demo_invert() -> tuple[Graph, dict, list, dict]:
     sampler = g.node("P2PSampler", "sampler", model=model.out(0), edit=edit, negative=neg, seed=0, steps=30, cfg=5.0,
                      sampler_name="euler", scheduler="normal", denoise=1.0, inversion=invert.out(0))
     decode = g.node("VAEDecode", "decode", samples=sampler, vae=model.out(2))
-    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=8.0)
+    scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=DEMO_VIEW_SCALE)
     g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_invert")
-    rec_scale = g.node("ImageScaleBy", "rec_scale", image=invert.out(1), upscale_method="nearest-exact", scale_by=8.0)
+    rec_scale = g.node("ImageScaleBy", "rec_scale", image=invert.out(1), upscale_method="nearest-exact",
+                       scale_by=DEMO_VIEW_SCALE)
     g.node("PreviewImage", "reconstruction", title="Reconstruction", images=rec_scale)
     g.node("P2PSaveInversion", "save_inversion", inversion=invert.out(0), filename_prefix="p2p_demo_scene")
     positions = {"model": (40, 40), "image": (40, 560), "negative": (40, 940), "invert": (380, 40),
@@ -476,11 +481,12 @@ def write_scene(path: Path) -> None:
     import numpy as np
     from PIL import Image
 
+    from shapes_demo.autoencoder import SUPERSAMPLE
     from shapes_demo.world import Obj, Scene, render
 
     scene = Scene((Obj("circle", "red", "big", 6.5, 9.0, 15.0, "left"), Obj("square", "blue", "big", 6.0, 23.5, 17.0,
                                                                            "right")), "white")
-    image, _ = render(scene)
+    image, _ = render(scene, supersample=SUPERSAMPLE, size=DEMO_SIZE)
     Image.fromarray((image * 255).round().astype(np.uint8)).save(path)
 
 

@@ -42,7 +42,8 @@ def _refinement(bench: Bench, seed: int) -> bool:
 
 
 def _reweight(bench: Bench, seed: int) -> bool:
-    images = bench.p2p("a big green square", ["a big green square"] * 3, seed, reweights=["big: 0", "big: 2", "big: 4"])
+    images = bench.p2p("a big green square", ["a big green square"] * 3, seed,
+                       reweights=["green: 0", "green: 2", "green: 4"])
     areas = [metrics.area(metrics.object_mask(img, "green")) for img in images[1:]]
     return _drawn(images[0], "green") is not None and areas[0] < areas[1] < areas[2] and areas[2] >= 1.3 * areas[0]
 
