@@ -83,7 +83,7 @@ def test_long_prompts_fold_their_repeated_contexts(host):
     maps = _maps(host.run(g.prompt(), keep=("p2p",)))
     assert maps.cross[0].shape[-1] == 154 and maps.cross[1].shape[-1] == 77
     for item in (0, 1):
-        torch.testing.assert_close(maps.cross[item].sum(-1), torch.ones(4, 4))
+        torch.testing.assert_close(maps.cross[item].sum(-1), torch.ones(8, 8))
 
 
 def _maps_graph(words="", item=1, decode=True, blend=False):
@@ -112,7 +112,7 @@ def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host, pack)
     assert data["items"][0]["words"] == ["circle"]  # "blue" is not in the source prompt
     assert data["items"][1]["words"] == ["circle", "blue"]
     heat = data["items"][1]["maps"][1]
-    assert (heat["h"], heat["w"]) == (4, 4) and max(heat["values"]) == 1.0
+    assert (heat["h"], heat["w"]) == (8, 8) and max(heat["values"]) == 1.0
     assert (host.base_dir / "temp" / data["items"][0]["image"]["filename"]).is_file()
     # the view's colour map comes with the maps: the anchors of the node's own image output, in 0..255
     anchors = np.array(data["colour_map"])

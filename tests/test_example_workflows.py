@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.build_workflows import WORKFLOWS, build
+from tools.build_workflows import DEMO_SIZE, WORKFLOWS, build
 from tools.workflow import to_api
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,8 @@ def test_every_workflow_is_generated_and_current(host):
 def test_workflow_runs_headless(host, name):
     workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
     prompt = to_api(workflow, host.nodes.NODE_CLASS_MAPPINGS)
-    size = 32 if name.startswith("p2p_demo") else 128
+    demo = name.startswith("p2p_demo")
+    size = DEMO_SIZE if demo else 128
     for nid, node in prompt.items():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["class_type"], node["inputs"] = "RandomModelLoader", {"shape": FAMILY[name], "seed": 0,
@@ -53,7 +54,7 @@ def test_workflow_runs_headless(host, name):
                                         if isinstance(ref, list) and ref[0] == nid})
         elif node["class_type"] == "ControlNetLoader":
             node["class_type"], node["inputs"] = "RandomControlNetLoader", {"seed": 3}
-        elif node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
+        elif node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage") and not demo:
             node["inputs"].update(width=128, height=128)
         elif node["class_type"] in ("P2PSampler", "P2PInvert", "BasicScheduler"):
             node["inputs"]["steps"] = 4
