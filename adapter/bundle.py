@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
-
 from ..p2p import EditBatch
+from .conditioning import stack_rows
 from .tokenize import WordSplitter
 
 __all__ = ["EditBundle", "P2P_EDIT"]
@@ -33,18 +32,8 @@ class EditBundle:
         """One CONDITIONING entry with a batch row per prompt: [source, edit 1, ..., edit N].
 
         `extras`: the options of the entry (ControlNet, area, mask, hooks...); by default the source's own.
-        Prompts of different lengths are padded to the longest by repeating them (cut at that length):
-        where a length divides the longest this is ComfyUI's own batching (attention over repeated keys
-        is the same attention); where it does not, the attention patches attend over the row's own
-        tokens only (`EditRun`). Never longer than the longest prompt, whatever the lengths' common
-        multiple.
+        Prompts of different lengths are padded as `stack_rows` says; where a length does not divide the
+        longest, the attention patches attend over the row's own tokens only (`EditRun`).
         """
         firsts = [c[0] for c in self.conditionings]
-        tensors = [t for t, _ in firsts]  # [1, L_i, D]
-        length = max(t.shape[1] for t in tensors)
-        cond = torch.cat([t.repeat(1, -(-length // t.shape[1]), 1)[:, :length] for t in tensors])  # [1+N, L, D]
-        meta = dict(firsts[0][1] if extras is None else extras)
-        pooled = [m.get("pooled_output") for _, m in firsts]
-        if all(isinstance(p, torch.Tensor) for p in pooled):  # Chroma's T5 has none: its entry is None
-            meta["pooled_output"] = torch.cat(pooled)
-        return [[cond, meta]]
+        return stack_rows(firsts, firsts[0][1] if extras is None else extras)

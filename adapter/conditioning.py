@@ -3,10 +3,16 @@ source and every edit: the text rows come from the edit, everything else from th
 
 from __future__ import annotations
 
-from .bundle import EditBundle
+from typing import TYPE_CHECKING
+
+import torch
+
 from .errors import input_error
 
-__all__ = ["conditioning_extras", "crops_latent", "TEXT_KEYS"]
+if TYPE_CHECKING:
+    from .bundle import EditBundle
+
+__all__ = ["conditioning_extras", "crops_latent", "stack_rows", "prompt_batch", "TEXT_KEYS"]
 
 TEXT_KEYS = ("pooled_output",)  # what the edit's prompts provide, beside the text rows themselves
 
@@ -36,3 +42,24 @@ def conditioning_extras(node: str, positive: list, edit: EditBundle) -> dict:
 def crops_latent(extras: dict) -> bool:
     """Whether the prompts run on a crop of the latent (an area, or a mask's bounds)."""
     return "area" in extras or bool(extras.get("set_area_to_bounds"))
+
+
+def stack_rows(entries: list, meta: dict) -> list:
+    """One CONDITIONING entry with a batch row per entry (each [[1, L_i, D], options] of one prompt) and the
+    options `meta`. Prompts of different lengths are padded to the longest by repeating them (cut at that
+    length): where a length divides the longest this is ComfyUI's own batching (attention over repeated keys is
+    the same attention). Pooled outputs are stacked where every prompt has one (Chroma's T5 has none)."""
+    tensors = [t for t, _ in entries]  # [1, L_i, D]
+    length = max(t.shape[1] for t in tensors)
+    cond = torch.cat([t.repeat(1, -(-length // t.shape[1]), 1)[:, :length] for t in tensors])  # [n, L, D]
+    meta = dict(meta)
+    pooled = [m.get("pooled_output") for _, m in entries]
+    if all(isinstance(p, torch.Tensor) for p in pooled):
+        meta["pooled_output"] = torch.cat(pooled)
+    return [[cond, meta]]
+
+
+def prompt_batch(clip, prompts: list[str]) -> list:
+    """CONDITIONING with row i = prompt i; ComfyUI gives latent item i row i (cycling when the batch is longer)."""
+    entries = [clip.encode_from_tokens_scheduled(clip.tokenize(p))[0] for p in prompts]
+    return stack_rows(entries, entries[0][1])

@@ -27,7 +27,8 @@ from ..p2p import P2PError
 from ..p2p.inversion import Inversion, ddim_inversion, ddim_step, null_text_inversion
 from .errors import check_schedule, input_error
 
-__all__ = ["InversionBundle", "InvertSettings", "invert", "deterministic_samplers", "NullContextPatch",
+__all__ = ["InversionBundle", "check_inversion_model", "InvertSettings", "invert", "deterministic_samplers",
+           "NullContextPatch",
            "null_text_negative", "crop_to_fit", "latent_multiple", "flow_model", "save_inversion", "load_inversion",
            "inversion_files", "inversion_path", "same_schedule", "FOLDER"]
 
@@ -94,6 +95,23 @@ def latent_multiple(model) -> int:
         return int(config["patch_size"])
     levels = len(config.get("channel_mult", (1, 2, 4, 4)))
     return 2 ** (levels - 1)
+
+
+def check_inversion_model(node: str, input_name: str, bundle: InversionBundle, model) -> None:
+    """Refuse an inversion made with a model of other latents (channels, latent format, latent size multiple)."""
+    _, made_channels, height, width = bundle.inversion.trajectory.shape
+    channels = model.model.latent_format.latent_channels
+    if made_channels != channels:
+        raise input_error(node, input_name, f"was made with a model of {made_channels} latent channels; "
+                          f"this model has {channels}")
+    latent_format = type(model.model.latent_format).__name__
+    if bundle.latent_format and bundle.latent_format != latent_format:
+        raise input_error(node, input_name, f"was made with a model whose latents are {bundle.latent_format}'s; "
+                          f"this model's are {latent_format}'s")
+    multiple = latent_multiple(model)
+    if height % multiple or width % multiple:
+        raise input_error(node, input_name, f"its latent is {width}x{height}, but this model's latent sides are "
+                          f"multiples of {multiple}: it was made with another kind of model")
 
 
 def flow_model(model) -> bool:

@@ -21,7 +21,7 @@ from ..p2p.inversion import Inversion, trajectory_at
 from .inversion import NullContextPatch
 from .unet import AttentionSite
 
-__all__ = ["HostRun", "install", "install_step_wrapper"]
+__all__ = ["HostRun", "install", "install_replace", "install_step_wrapper", "Prior"]
 
 log = logging.getLogger("prompt_to_prompt")
 WRAPPER_KEY = "prompt_to_prompt"
@@ -152,22 +152,29 @@ class AttentionPatch:
 
 def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
     """Patch a (cloned) UNet ModelPatcher. Never call this on a MODEL that other nodes share."""
+    for kind in ("attn1", "attn2"):
+        install_replace(model_patcher, kind, sites,
+                        lambda block_sites, priors, kind=kind: AttentionPatch(host, kind, block_sites, priors))
+    install_step_wrapper(model_patcher, host)
+
+
+def install_replace(model_patcher, kind: str, sites: list[AttentionSite],
+                    make: Callable[[dict[int, AttentionSite], dict[int, Prior | None]], object]) -> None:
+    """Set a replace patch `make(sites by index, priors by index)` for `kind` ("attn1"/"attn2") on every block
+    of `sites`, under the 2-part key, with the replace patch another node set there before as each site's prior.
+    A 3-part key set before shadows the 2-part one for its layer: a patch takes its place and chains it."""
     blocks: dict[tuple, dict[int, AttentionSite]] = {}
     for site in sites:
         blocks.setdefault(site.key[:2], {})[site.key[2]] = site
-    replace = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
+    table = dict(model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {}))
     for (block_name, block_id), block_sites in blocks.items():
-        for kind in ("attn1", "attn2"):
-            table = replace.get(kind, {})
-            block_prior = table.get((block_name, block_id))
-            patch = AttentionPatch(host, kind, block_sites, dict.fromkeys(block_sites, block_prior))
-            model_patcher.set_model_patch_replace(patch, kind, block_name, block_id)
-            # A 3-part key set before us shadows the 2-part one: take its place and chain it.
-            for index, site in block_sites.items():
-                if (block_name, block_id, index) in table:
-                    patch = AttentionPatch(host, kind, {index: site}, {index: table[(block_name, block_id, index)]})
-                    model_patcher.set_model_patch_replace(patch, kind, block_name, block_id, index)
-    install_step_wrapper(model_patcher, host)
+        block_prior = table.get((block_name, block_id))
+        model_patcher.set_model_patch_replace(make(block_sites, dict.fromkeys(block_sites, block_prior)), kind,
+                                              block_name, block_id)
+        for index, site in block_sites.items():
+            if (block_name, block_id, index) in table:
+                patch = make({index: site}, {index: table[(block_name, block_id, index)]})
+                model_patcher.set_model_patch_replace(patch, kind, block_name, block_id, index)
 
 
 def install_step_wrapper(model_patcher, host: HostRun) -> None:

@@ -33,13 +33,14 @@ from .errors import check_schedule, input_error
 from .inversion import (
     InversionBundle,
     NullContextPatch,
+    check_inversion_model,
     deterministic_samplers,
     flow_model,
-    latent_multiple,
     null_text_negative,
     same_schedule,
 )
 from .patch import HostRun, install
+from .style_aligned import reference_pin_of
 from .unet import UnsupportedModel, attention_sites, map_downsample
 
 __all__ = ["InputNames", "SAMPLER_INPUTS", "GUIDER_INPUTS", "EditGuider", "RunOutput", "shared_noise_sampler",
@@ -147,6 +148,11 @@ class EditGuider(comfy.samplers.CFGGuider):
                 self.sites = attention_sites(model)
             except UnsupportedModel as e:
                 raise input_error(node, "model", str(e)) from None
+            pinned = reference_pin_of(model)
+            if pinned is not None:
+                raise input_error(node, "model", f"carries a P2P Style Aligned patch whose reference comes from its "
+                                  f"{pinned}; here the reference is the source item. Disconnect that input (to "
+                                  f"edit a real picture, connect its inversion to {node}'s own inversion input)")
         width = edit.conditionings[0][0][0].shape[-1]
         config = model.model.model_config.unet_config
         expected = config.get("context_dim") or config.get("context_in_dim")
@@ -287,20 +293,8 @@ def check_invertible(node: str, model, method: str) -> None:
 
 def _check_inversion_model(node: str, bundle: InversionBundle, edit: EditBundle, model) -> None:
     """An inversion made for another model is refused before any setting is blamed."""
+    check_inversion_model(node, "inversion", bundle, model)
     inv = bundle.inversion
-    _, made_channels, height, width = inv.trajectory.shape
-    channels = model.model.latent_format.latent_channels
-    if made_channels != channels:
-        raise input_error(node, "inversion", f"was made with a model of {made_channels} latent channels; "
-                          f"this model has {channels}")
-    latent_format = type(model.model.latent_format).__name__
-    if bundle.latent_format and bundle.latent_format != latent_format:
-        raise input_error(node, "inversion", f"was made with a model whose latents are {bundle.latent_format}'s; "
-                          f"this model's are {latent_format}'s")
-    multiple = latent_multiple(model)
-    if height % multiple or width % multiple:
-        raise input_error(node, "inversion", f"its latent is {width}x{height}, but this model's latent sides are "
-                          f"multiples of {multiple}: it was made with another kind of model")
     if inv.null_contexts is not None:
         tokens, context_width = inv.null_contexts.shape[1:]
         expected = model.model.model_config.unet_config.get("context_dim")

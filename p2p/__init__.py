@@ -18,8 +18,9 @@ from .errors import P2PError
 from .local_blend import BlendMaps, blend, blend_mask
 from .runtime import EditRun, JointCall, LayerCall
 from .schedule import Window, step_of_sigma, token_alphas
+from .shared_attention import ADAIN_MODES, SharedAttentionSpec
 from .spec import MODES, REWEIGHT_RANGE, Edit, EditBatch, LocalBlend, make_edit
-from .text_inputs import parse_phrases, parse_schedule, parse_weights
+from .text_inputs import parse_items, parse_phrases, parse_schedule, parse_weights
 from .tokens import END, PAD, START, WORD, PromptTokens, TokenPiece, Word
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EditRun", "JointCall", "LayerCall",
     "Window", "step_of_sigma", "token_alphas",
     "MODES", "REWEIGHT_RANGE", "Edit", "EditBatch", "LocalBlend", "make_edit",
-    "parse_phrases", "parse_schedule", "parse_weights",
+    "ADAIN_MODES", "SharedAttentionSpec",
+    "parse_items", "parse_phrases", "parse_schedule", "parse_weights",
     "END", "PAD", "START", "WORD", "PromptTokens", "TokenPiece", "Word",
 ]

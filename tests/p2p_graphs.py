@@ -98,7 +98,8 @@ class Recorder:
 
     @classmethod
     def INPUT_TYPES(cls):
-        kinds = ["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple", "batch_doubling"]
+        kinds = ["attn2", "evaluations", "additive_attn2", "additive_attn2_2tuple", "additive_attn1", "batch_doubling",
+                 "split_chunks"]
         return {"required": {"model": ("MODEL",), "key": ("STRING", {"default": "r"}), "what": (kinds,)}}
 
     @classmethod
@@ -139,6 +140,14 @@ class Recorder:
 
             m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "test_recorder", predict)
             m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_recorder", apply_model)
+        elif what == "split_chunks":
+            # The positive and the negative in separate UNet calls, as ComfyUI does when memory is short.
+            def split(executor, model, conds, x_in, timestep, model_options):
+                records.append(len(conds))
+                return [executor(model, [c if j == i else None for j, c in enumerate(conds)], x_in, timestep,
+                                 model_options)[i] for i in range(len(conds))]
+
+            m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "test_recorder", split)
         elif what == "batch_doubling":
             # Like attention-couple packs: the attention batch is changed before the replace patch runs.
             def widen(n, context, value, extra):
@@ -164,6 +173,8 @@ class Recorder:
                         for index, _ in enumerate(getattr(layer, "transformer_blocks", [])):
                             if what == "additive_attn2_2tuple":
                                 m.set_model_attn2_replace(additive, block_name, block_id)
+                            elif what == "additive_attn1":
+                                m.set_model_attn1_replace(additive, block_name, block_id, index)
                             else:
                                 m.set_model_attn2_replace(additive, block_name, block_id, index)
         return (m,)

@@ -25,6 +25,8 @@ def format_default(value) -> str:
         return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:g}").replace("e+", "e")  # 1e-05 -> 1e-5
     if value == "":
         return "empty"
+    if isinstance(value, str) and "\n" in value:  # a multiline default: its lines, one after the other
+        return " / ".join(f"`{line}`" for line in value.splitlines())
     return f"`{value}`" if isinstance(value, str) else str(value)
 
 

@@ -1,0 +1,114 @@
+"""Shared self-attention nodes: P2PStyleAligned (a MODEL patch) and P2PPromptBatch (one prompt per batch item)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..adapter.conditioning import prompt_batch
+from ..adapter.errors import input_error, node_input
+from ..adapter.inversion import check_inversion_model
+from ..adapter.style_aligned import NODE, ReferencePin, install_style_aligned, parse_spec
+from ..p2p import ADAIN_MODES, LAYER_GROUPS, SharedAttentionSpec, parse_items
+from .sockets import CATEGORY, Inversion
+
+__all__ = ["P2PStyleAligned", "P2PPromptBatch"]
+
+DEFAULTS = SharedAttentionSpec()
+
+
+class P2PStyleAligned(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="P2P Style Aligned",
+            category=CATEGORY,
+            description="StyleAligned (Hertz et al., CVPR 2024): every picture of a batch takes the style of the "
+            "first one. Each item's self-attention also attends to item 0's keys and values, after matching its "
+            "queries and keys to item 0's statistics (AdaIN). Item 0 itself is unchanged. Works with KSampler, "
+            "custom sampling and P2P Sampler (there the source is the reference); give each item its own prompt "
+            "with P2P Prompt Batch.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (LoRAs and other patches are kept)."),
+                io.Combo.Input("layers", options=list(LAYER_GROUPS), default=DEFAULTS.layers, tooltip=(
+                    "Which UNet blocks' self-attention layers share (down = input blocks, up = output blocks). "
+                    "all: every layer, as the paper does.")),
+                io.Combo.Input("adain", options=list(ADAIN_MODES), default=DEFAULTS.adain, tooltip=(
+                    "Which of each item's queries, keys and values get item 0's per-channel mean and spread before "
+                    "attending (AdaIN). The paper's default is queries+keys; off shares attention only.")),
+                io.Float.Input("key_scale", default=DEFAULTS.key_scale, min=0.0, max=3.0, step=0.01, tooltip=(
+                    "Multiplies item 0's keys (the paper's shared_score_scale): below 1 softens the attention to "
+                    "the reference, above 1 sharpens it. 0.5 is the paper's setting for very famous reference "
+                    "images.")),
+                io.Float.Input("reference_weight", default=DEFAULTS.reference_weight, min=0.0, max=10.0, step=0.05,
+                               tooltip=(
+                    "Multiplies item 0's share of each item's attention (e to the paper's shared_score_shift): "
+                    "2 follows the reference more closely (the paper's setting for a given reference picture), "
+                    "0 attends to it not at all (AdaIN only).")),
+                io.String.Input("share_items", default="", tooltip=(
+                    "Which batch items take the style, counted from 0 (item 0 is the reference): '1, 3-5'. "
+                    "Empty: every item but 0.")),
+                Inversion.Input("reference_inversion", optional=True, tooltip=(
+                    "From P2P Invert: a real picture as the reference. Item 0 follows its inverted path (and comes "
+                    "out as its reconstruction); the other items take its style. Same latent size as the batch.")),
+                io.Latent.Input("reference_latent", optional=True, tooltip=(
+                    "A latent (e.g. VAE Encode of a picture) as the reference: item 0 is that latent noised to each "
+                    "step's level with fixed noise. Weaker than an inversion; one latent, the batch's size.")),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip=(
+                "The model with shared self-attention; sample a batch of several latents with it."))],
+        )
+
+    @classmethod
+    def execute(cls, model, layers, adain, key_scale, reference_weight, share_items, reference_inversion=None,
+                reference_latent=None) -> io.NodeOutput:
+        with node_input(NODE, "share_items"):
+            items = parse_items(share_items)
+        spec = parse_spec(layers, adain, key_scale, reference_weight, items)
+        if reference_inversion is not None and reference_latent is not None:
+            raise input_error(NODE, "reference_latent", "connect a reference_inversion or a reference_latent, not "
+                              "both")
+        pin = None
+        if reference_inversion is not None:
+            check_inversion_model(NODE, "reference_inversion", reference_inversion, model)
+            pin = ReferencePin(inversion=reference_inversion.inversion, input_name="reference_inversion")
+        elif reference_latent is not None:
+            samples = reference_latent["samples"]
+            if samples.is_nested or samples.ndim != 4 or samples.shape[0] != 1:
+                raise input_error(NODE, "reference_latent", f"needs one latent (a batch of 1), got "
+                                  f"{samples.shape[0] if not samples.is_nested else 'a nested'} batch")
+            channels = model.model.latent_format.latent_channels
+            if samples.shape[1] != channels:
+                raise input_error(NODE, "reference_latent", f"has {samples.shape[1]} channels; this model's "
+                                  f"latents have {channels} (encode the picture with this model's VAE)")
+            pin = ReferencePin(latent=samples[0], input_name="reference_latent")
+        return io.NodeOutput(install_style_aligned(model, spec, pin))
+
+
+class P2PPromptBatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="P2PPromptBatch",
+            display_name="P2P Prompt Batch",
+            category=CATEGORY,
+            description="One prompt per line, encoded as one conditioning with a row per prompt: item i of the "
+            "latent batch gets line i (the last line repeats if the batch is longer). For P2P Style Aligned, where "
+            "every item draws its own subject in the style of item 0.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model you sample with."),
+                io.String.Input("prompts", multiline=True,
+                                default="a watercolor painting of a house\na watercolor painting of a cat\n"
+                                        "a watercolor painting of a bicycle\na watercolor painting of a tree",
+                                tooltip="One prompt per line; empty lines are skipped."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning", tooltip=(
+                "Connect to the sampler's positive input; make the latent batch as long as the prompts."))],
+        )
+
+    @classmethod
+    def execute(cls, clip, prompts) -> io.NodeOutput:
+        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+        if not lines:
+            raise input_error("P2PPromptBatch", "prompts", "is empty: write one prompt per line")
+        return io.NodeOutput(prompt_batch(clip, lines))
