@@ -18,7 +18,7 @@ from .errors import input_error
 from .heatmap_render import colorize, colour_map_rgb255, grid, overlay, upsample
 from .tokenize import WordSplitter
 
-__all__ = ["CapturedAttention", "DEFAULT_CAPTURE", "GRID_COLUMNS", "MAX_STEP_ROWS", "Drawing", "draw"]
+__all__ = ["CapturedAttention", "DEFAULT_CAPTURE", "GRID_COLUMNS", "MAX_STEP_ROWS", "Drawing", "draw", "has_phrase"]
 
 log = logging.getLogger("prompt_to_prompt")
 
@@ -61,10 +61,10 @@ def draw(node: str, attention: CapturedAttention | None, images: torch.Tensor, i
     if words.strip():
         phrases = [attention.split_words(p) for p in parse_phrases(words)]
         for phrase in phrases:
-            if not any(_has(maps, i, phrase) for i in range(count)):
+            if not any(has_phrase(maps, i, phrase) for i in range(count)):
                 raise input_error(node, "words", f'"{" ".join(phrase)}" is in none of the prompts')
     pictures = images.float().cpu().numpy()  # [B, H, W, 3]
-    heat = word_maps(maps, item, None if phrases is None else [p for p in phrases if _has(maps, item, p)])
+    heat = word_maps(maps, item, None if phrases is None else [p for p in phrases if has_phrase(maps, item, p)])
     if not heat:
         raise input_error(node, "words", f"none of them is in the prompt of item {item}")
     payload = _payload(maps, pictures, phrases, item)
@@ -75,7 +75,7 @@ def draw(node: str, attention: CapturedAttention | None, images: torch.Tensor, i
 def _payload(maps: AttentionMaps, pictures: np.ndarray, phrases, item: int) -> dict:
     items = []
     for i in range(len(maps.prompts)):
-        chosen = None if phrases is None else [p for p in phrases if _has(maps, i, p)]
+        chosen = None if phrases is None else [p for p in phrases if has_phrase(maps, i, p)]
         heat = word_maps(maps, i, chosen) if chosen != [] else []
         items.append({
             "label": "source" if i == 0 else f"edit {i}",
@@ -134,7 +134,7 @@ def _save_preview(picture: np.ndarray) -> dict:
     return {"filename": name, "subfolder": "", "type": "temp"}
 
 
-def _has(maps: AttentionMaps, item: int, phrase: tuple[str, ...]) -> bool:
+def has_phrase(maps: AttentionMaps, item: int, phrase: tuple[str, ...]) -> bool:
     try:
         maps.prompts[item].find(phrase)
         return True

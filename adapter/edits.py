@@ -14,7 +14,7 @@ from .bundle import EditBundle
 from .errors import input_error, node_input
 from .tokenize import prompt_tokens, word_splitter
 
-__all__ = ["SELF_LAYERS", "EditSettings", "BlendSettings", "edit_spec", "reweight", "local_blend"]
+__all__ = ["SELF_LAYERS", "EditSettings", "BlendSettings", "edit_spec", "reweight", "local_blend", "blend_region"]
 
 log = logging.getLogger("prompt_to_prompt")
 
@@ -49,6 +49,7 @@ class BlendSettings:
     threshold: float
     start: float
     subtract_words: str = ""
+    mask: torch.Tensor | None = None  # a MASK [B, H, W] or [H, W]: its batch is united
 
 
 def _encode(clip, text: str):
@@ -138,8 +139,10 @@ def local_blend(node: str, edit: EditBundle, s: BlendSettings) -> EditBundle:
 
     source_pos = positions(batch.source, s.source_words, "source_words")
     target_pos = positions(last.target, s.target_words, "target_words")
-    if not source_pos and not target_pos:
-        raise input_error(node, "source_words", "name at least one word of the source or the edited prompt")
+    region = None if s.mask is None else blend_region(node, s.mask)
+    if not source_pos and not target_pos and region is None:
+        raise input_error(node, "source_words", "name at least one word of the source or the edited prompt, or "
+                          "connect a mask")
     sub_source, sub_target = [], []
     for phrase in parse_phrases(s.subtract_words):
         found = [_find_or_none(tokens, edit.split_words(phrase)) for tokens in (batch.source, last.target)]
@@ -150,10 +153,21 @@ def local_blend(node: str, edit: EditBundle, s: BlendSettings) -> EditBundle:
     for name in ("threshold", "start"):
         with node_input(node, name):
             fraction(getattr(s, name))
-    spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), s.threshold, s.start)
+    with node_input(node, "mask"):
+        spec = LocalBlend(source_pos, target_pos, tuple(sub_source), tuple(sub_target), s.threshold, s.start, region)
     for name, reason in spec.no_effect():
         log.warning("%s: input '%s' %s; this local blend cannot change anything", node, name, reason)
     return edit.with_batch(batch.with_last(last.blended(spec)))
+
+
+def blend_region(node: str, mask: torch.Tensor) -> torch.Tensor:
+    """A MASK ([B, H, W] or [H, W], any size) as one [H, W] float region: the union of its batch."""
+    if mask.ndim not in (2, 3) or mask.numel() == 0:
+        raise input_error(node, "mask", f"is of shape {tuple(mask.shape)}; a MASK is [batch, height, width]")
+    region = (mask if mask.ndim == 2 else mask.amax(dim=0)).detach().float().cpu()
+    if not bool(torch.isfinite(region).all()):
+        raise input_error(node, "mask", "holds NaN or infinite values")
+    return region
 
 
 def _find_or_none(tokens, words):

@@ -222,7 +222,8 @@ class EditGuider(comfy.samplers.CFGGuider):
             # the source is the inverted image itself (the end of its path), exactly
             samples[0] = self.model_patcher.model.process_latent_out(inversion.trajectory[-1:].float()).to(samples)[0]
         samples = run.blend_final(samples)
-        maps = recorder.result(run.masks) if recorder is not None else None
+        latent_size = (samples.shape[-2], samples.shape[-1])
+        maps = None if recorder is None else recorder.result(run.masks, latent_size=latent_size)
         self.runs.append(RunOutput(samples, CapturedAttention(maps, self.edit.split_words)))
         return samples
 

@@ -51,6 +51,13 @@ class Result:
         return float(np.mean(values)) if values else math.nan
 
 
+def node_defaults(node) -> dict:
+    """A pack node's input defaults (required and optional inputs that have one), read from its schema."""
+    inputs = node.INPUT_TYPES()
+    every = {**inputs["required"], **inputs.get("optional", {})}
+    return {name: spec[1]["default"] for name, spec in every.items() if len(spec) > 1 and "default" in spec[1]}
+
+
 class Bench:
     """Runs the demo model through the pack's own nodes inside an in-process ComfyUI."""
 
@@ -74,8 +81,8 @@ class Bench:
         side = config.unet_config["image_size"]
         self.latent = {"samples": torch.zeros(1, config.latent_format.latent_channels, side, side)}
         self.steps, self.cfg = steps, cfg
-        required = self.pack.P2PEditSpec.INPUT_TYPES()["required"]
-        self.control = {name: required[name][1]["default"] for name in CONTROL} | (control or {})
+        defaults = node_defaults(self.pack.P2PEditSpec)
+        self.control = {name: defaults[name] for name in CONTROL} | (control or {})
 
     def _decode(self, latent) -> np.ndarray:
         """[B, 32, 32, 3] in 0..1, in the world's pixels whatever the model's resolution."""

@@ -3,7 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from ..adapter.host_version import log_if_unsupported
-from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps, P2PGuiderAttention
+from .attention_nodes import P2PAttentionCapture, P2PAttentionMaps, P2PAttentionSegments, P2PGuiderAttention
 from .demo_model import P2PDemoModel
 from .edit_nodes import P2PEditSpec, P2PLocalBlend, P2PReweight
 from .inversion_nodes import P2PInvert, P2PLoadInversion, P2PSaveInversion
@@ -13,15 +13,15 @@ from .style_nodes import P2PPromptBatch, P2PStyleAligned
 __all__ = [
     "NODES", "PromptToPromptExtension", "comfy_entrypoint", "P2PEditSpec", "P2PReweight", "P2PLocalBlend",
     "P2PSampler", "P2PGuider", "P2PStyleAligned", "P2PPromptBatch",
-    "P2PAttentionCapture", "P2PAttentionMaps", "P2PGuiderAttention", "P2PInvert",
+    "P2PAttentionCapture", "P2PAttentionMaps", "P2PAttentionSegments", "P2PGuiderAttention", "P2PInvert",
     "P2PSaveInversion", "P2PLoadInversion", "P2PDemoModel",
 ]
 
 # In the Add Node menu's order
 NODES: list[type[io.ComfyNode]] = [
     P2PEditSpec, P2PReweight, P2PLocalBlend, P2PSampler, P2PGuider, P2PStyleAligned, P2PPromptBatch,
-    P2PAttentionCapture, P2PAttentionMaps, P2PGuiderAttention, P2PInvert, P2PSaveInversion, P2PLoadInversion,
-    P2PDemoModel,
+    P2PAttentionCapture, P2PAttentionMaps, P2PAttentionSegments, P2PGuiderAttention, P2PInvert, P2PSaveInversion,
+    P2PLoadInversion, P2PDemoModel,
 ]
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..adapter.attention_view import GRID_COLUMNS, draw
 from ..adapter.errors import input_error, node_input
 from ..adapter.sampling import EditGuider
+from ..adapter.segments_view import NODE as SEGMENTS_NODE
+from ..adapter.segments_view import SEGMENT_COLOURS, segments_view
 from ..p2p import LAYER_GROUPS, CaptureSpec, Window
+from ..p2p.segments import LABEL_THRESHOLD, SEGMENTS
 from .sockets import CATEGORY, Attention, Capture
 
-__all__ = ["P2PAttentionCapture", "P2PAttentionMaps", "P2PGuiderAttention", "RESOLUTIONS"]
+__all__ = ["P2PAttentionCapture", "P2PAttentionMaps", "P2PAttentionSegments", "P2PGuiderAttention", "RESOLUTIONS"]
 
 RESOLUTIONS = {"auto": None, "1/1": 1, "1/2": 2, "1/4": 4, "1/8": 8}
 
@@ -126,3 +129,48 @@ class P2PGuiderAttention(io.ComfyNode):
             raise input_error(node, "latent", "is not a latent this P2P Guider made: connect the `output` of the "
                               "SamplerCustomAdvanced that used this guider")
         return io.NodeOutput(attention)
+
+
+class P2PAttentionSegments(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=SEGMENTS_NODE,
+            display_name="P2P Attention Segments",
+            category=CATEGORY,
+            description="Splits a picture into segments by its self-attention (cells that attend alike belong "
+            "together; k-means, as Patashnik et al., ICCV 2023) and labels each segment with the word whose "
+            "cross-attention falls on it. Gives a mask per word, e.g. for P2P Local Blend's mask input.",
+            is_output_node=True,
+            inputs=[
+                Attention.Input("attention", tooltip=(
+                    "P2P Sampler's (or P2P Guider Attention's) attention output, captured with self_attention on "
+                    "(P2P Attention Capture; resolution 1/2 gives finer segments on SD1.5).")),
+                io.Int.Input("item", default=0, min=0, max=64, tooltip="Which picture: 0 = the source, k = edit k."),
+                io.Int.Input("segments", default=SEGMENTS, min=2, max=len(SEGMENT_COLOURS), tooltip=(
+                    "How many segments to split the picture into (the paper's 5); at most the maps' cell count.")),
+                io.String.Input("words", default="", tooltip=(
+                    "The words or phrases to label segments with, comma-separated ('cat, red hat'). Empty: every "
+                    "word of the prompt. Naming the objects (nouns) gives cleaner labels.")),
+                io.Float.Input("threshold", default=LABEL_THRESHOLD, min=0.0, max=1.0, step=0.01, tooltip=(
+                    "A segment takes a word when the word's attention map, scaled to 0..1, averages above this "
+                    "over the segment; otherwise it is background.")),
+                io.Image.Input("images", optional=True, tooltip=(
+                    "The decoded batch of that run, to draw the segments over the picture.")),
+            ],
+            outputs=[
+                io.Image.Output(display_name="segments", tooltip=(
+                    "The picture, its segments in colour, and each segment with its label.")),
+                io.Mask.Output(display_name="masks", tooltip=(
+                    "One mask per word (in 'words' order), the latent's size.")),
+                io.Mask.Output(display_name="mask", tooltip="The union of the words' masks, the latent's size."),
+                io.String.Output(display_name="labels", tooltip=(
+                    "Each segment's label: '1: cat, 2: background, ...'.")),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, attention, item, segments, words, threshold, images=None) -> io.NodeOutput:
+        view = segments_view(attention, images, item, segments, words, threshold)
+        return io.NodeOutput(view.image, view.masks, view.mask, view.labels,
+                             ui=ui.PreviewImage(view.image, cls=cls))

@@ -96,7 +96,8 @@ class P2PLocalBlend(io.ComfyNode):
             display_name="P2P Local Blend",
             category=CATEGORY,
             description="Restricts the last edit to where the named words are: from 'start' on, the edited image is "
-            "kept equal to the source outside a mask made from the attention of the source and target words.",
+            "kept equal to the source outside a mask made from the attention of the source and target words, "
+            "or given as a MASK (drawn, or a segment from P2P Attention Segments), or both united.",
             inputs=[
                 Edit.Input("edit", tooltip="The edit whose last edited prompt is blended locally."),
                 io.String.Input("source_words", default="", tooltip=(
@@ -111,11 +112,16 @@ class P2PLocalBlend(io.ComfyNode):
                     "Fraction of the steps after which blending starts (the mask needs a few steps to settle).")),
                 io.String.Input("subtract_words", default="", optional=True, tooltip=(
                     "Words (of either prompt) whose region is excluded from the edit, e.g. an object to protect.")),
+                io.Mask.Input("mask", optional=True, tooltip=(
+                    "A region to edit, united with the words' region (the words may then be empty): any size, "
+                    "scaled to the latent (a cell is in where the mask averages above 0.5); a batch of masks is "
+                    "united. P2P Attention Segments gives one per word.")),
             ],
             outputs=[Edit.Output(display_name="edit")],
         )
 
     @classmethod
-    def execute(cls, edit, source_words, target_words, threshold, start, subtract_words="") -> io.NodeOutput:
-        settings = BlendSettings(source_words, target_words, threshold, start, subtract_words)
+    def execute(cls, edit, source_words, target_words, threshold, start, subtract_words="",
+                mask=None) -> io.NodeOutput:
+        settings = BlendSettings(source_words, target_words, threshold, start, subtract_words, mask)
         return io.NodeOutput(local_blend("P2PLocalBlend", edit, settings))

@@ -51,6 +51,7 @@ class AttentionMaps:
     steps: tuple[int, ...]  # the steps averaged over
     layer_count: int  # attention layers averaged over
     blend_masks: tuple[torch.Tensor | None, ...] = ()  # per edit: the last local-blend mask [H, W] of the latent (bool)
+    latent_size: tuple[int, int] | None = None  # (H, W) of the run's latent, for masks made from the maps
 
 
 class AttentionCapture:
@@ -106,7 +107,7 @@ class AttentionCapture:
         if item == 0:
             self.self_calls += 1
 
-    def result(self, blend_masks=()) -> AttentionMaps | None:
+    def result(self, blend_masks=(), latent_size: tuple[int, int] | None = None) -> AttentionMaps | None:
         """The averages, on the CPU; None if no layer matched (no step in the window, say)."""
         cross_sums = [s for s in self.cross_sum if s is not None]
         if self.spatial is None or len(cross_sums) != len(self.cross_sum):
@@ -130,6 +131,7 @@ class AttentionCapture:
             steps=steps,
             layer_count=len(self.layers),
             blend_masks=tuple(None if m is None else m.reshape(m.shape[-2:]).cpu() for m in blend_masks),
+            latent_size=latent_size,
         )
 
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import P2PError
-from .spec import LocalBlend
+from .spec import REGION_THRESHOLD, LocalBlend
 
-__all__ = ["BlendMaps", "blend_mask", "blend"]
+__all__ = ["BlendMaps", "blend_mask", "region_mask", "blend"]
 
 SOURCE, TARGET, SUBTRACT_SOURCE, SUBTRACT_TARGET = "source", "target", "subtract_source", "subtract_target"
 
@@ -43,10 +43,11 @@ class BlendMaps:
             self.sums[side] = amount.clone()
 
     def mask(self, size: tuple[int, int]) -> torch.Tensor | None:
-        """[1, 1, H, W] bool mask at latent size, or None before any map was seen."""
-        if not any(k in self.sums for k in (SOURCE, TARGET)):
+        """[1, 1, H, W] bool mask at latent size, or None before any map was seen (with a given region: the
+        region until then)."""
+        if not any(k in self.sums for k in (SOURCE, TARGET)) and self.spec.region is None:
             return None
-        return blend_mask(self.sums, self.spec.threshold, size)
+        return blend_mask(self.sums, self.spec.threshold, size, self.spec.region)
 
 
 def _side_mask(amount: torch.Tensor, size: tuple[int, int], threshold: float, pool: bool) -> torch.Tensor:
@@ -58,11 +59,24 @@ def _side_mask(amount: torch.Tensor, size: tuple[int, int], threshold: float, po
     return m > threshold
 
 
-def blend_mask(sums: dict[str, torch.Tensor], threshold: float, size: tuple[int, int]) -> torch.Tensor:
-    """Union of the pooled source- and target-word masks, minus the unpooled subtract-word masks."""
+def region_mask(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A given mask [h, w] (0..1, any size) as a [1, 1, H, W] bool mask at latent size: averaged over each
+    latent cell when shrinking (a pixel-size mask), repeated when growing (an attention-map-size mask)."""
+    m = region[None, None].float()
+    shrink = m.shape[-2] >= size[0] and m.shape[-1] >= size[1]
+    m = F.interpolate(m, size=size, mode="area" if shrink else "nearest")
+    return m > REGION_THRESHOLD
+
+
+def blend_mask(sums: dict[str, torch.Tensor], threshold: float, size: tuple[int, int],
+               region: torch.Tensor | None = None) -> torch.Tensor:
+    """Union of the pooled source- and target-word masks and the region, minus the unpooled subtract-word
+    masks."""
     pooled = [_side_mask(sums[side], size, threshold, pool=True) for side in (SOURCE, TARGET) if side in sums]
+    if region is not None:
+        pooled.append(region_mask(region.to(next(iter(sums.values())).device) if sums else region, size))
     if not pooled:
-        raise P2PError("local blend needs the maps of a source or target word")
+        raise P2PError("local blend needs the maps of a source or target word, or a mask")
     keep = pooled[0]
     for m in pooled[1:]:
         keep = keep | m

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,10 +18,11 @@ from .schedule import Window, token_alphas
 from .tokens import PromptTokens
 
 __all__ = ["LocalBlend", "Edit", "EditBatch", "make_edit", "fraction", "phrase_positions", "MODES",
-           "REWEIGHT_RANGE"]
+           "REWEIGHT_RANGE", "REGION_THRESHOLD"]
 
 MODES = ("auto", "replace", "refine")
 REWEIGHT_RANGE = (-10.0, 10.0)
+REGION_THRESHOLD = 0.5  # a given blend mask covers the cells where it is above this
 
 
 def fraction(value: float, name: str = "") -> float:
@@ -61,10 +62,10 @@ def _named_twice(tokens: PromptTokens, first: Sequence[str], second: Sequence[st
 
 @dataclass(frozen=True)
 class LocalBlend:
-    """Keep the source outside a mask made from the attention of the named words.
+    """Keep the source outside a mask made from the attention of the named words, or given as a region.
 
-    The mask is the union of where the source words attend in the source image and where the target
-    words attend in the edited image, minus where the subtract words attend.
+    The mask is the union of where the source words attend in the source image, where the target words
+    attend in the edited image and the region, minus where the subtract words attend.
     """
 
     source_positions: tuple[int, ...]
@@ -73,23 +74,33 @@ class LocalBlend:
     subtract_target_positions: tuple[int, ...] = ()
     threshold: float = 0.3
     start: float = 0.2  # fraction of the steps after which blending starts
+    region: torch.Tensor | None = field(default=None, compare=False)  # [h, w] in 0..1: a given mask, any size
 
     def __post_init__(self):
-        if not self.source_positions and not self.target_positions:
-            raise P2PError("local blend needs at least one source or target word")
+        if not self.source_positions and not self.target_positions and self.region is None:
+            raise P2PError("local blend needs at least one source or target word, or a mask")
         fraction(self.threshold, "threshold")
         fraction(self.start, "start")
+        if self.region is not None:
+            if self.region.ndim != 2 or 0 in self.region.shape:
+                raise P2PError(f"a mask must be one [height, width] map, not of shape {tuple(self.region.shape)}")
+            if not bool(torch.isfinite(self.region).all()):
+                raise P2PError("the mask holds NaN or infinite values")
 
     def no_effect(self) -> list[tuple[str, str]]:
         """Why this blend cannot change anything: (field, reason) pairs, none when it can."""
         reasons = []
-        if self.threshold >= 1.0:
+        words = bool(self.source_positions or self.target_positions)
+        if self.threshold >= 1.0 and self.region is None:  # a given region is a mask of its own
             reasons.append(("threshold", "is 1: no pixel's attention is strictly above the strongest one, so the "
                             "mask is empty and the edit is reset to the source everywhere from 'start' on"))
         if self.start >= 1.0:
             reasons.append(("start", "is 1: blending would start after the last step, so it never happens"))
-        if (set(self.source_positions) <= set(self.subtract_source_positions)
-                and set(self.target_positions) <= set(self.subtract_target_positions)):
+        if self.region is not None and not words and not bool((self.region > REGION_THRESHOLD).any()):
+            reasons.append(("mask", "is empty (no value above 0.5): the edit is reset to the source everywhere "
+                            "from 'start' on"))
+        if self.region is None and (set(self.source_positions) <= set(self.subtract_source_positions)
+                                    and set(self.target_positions) <= set(self.subtract_target_positions)):
             reasons.append(("subtract_words", "cover every blend word: all that is left to edit is a rim, one cell "
                             "of the attention map wide, around those words"))
         return reasons

@@ -56,7 +56,7 @@ def test_workflow_runs_headless(host, name):
             node["class_type"], node["inputs"] = "RandomControlNetLoader", {"seed": 3}
         elif node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage") and not demo:
             node["inputs"].update(width=128, height=128)
-        elif node["class_type"] in ("P2PSampler", "P2PInvert", "BasicScheduler"):
+        elif node["class_type"] in ("P2PSampler", "P2PInvert", "BasicScheduler", "KSampler"):
             node["inputs"]["steps"] = 4
         elif node["class_type"] == "LoadImage":  # the picture the example tells users to copy into input/
             import folder_paths
@@ -66,8 +66,11 @@ def test_workflow_runs_headless(host, name):
             shutil.copy(ROOT / "example_workflows" / node["inputs"]["image"], inputs)
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
     edits = sum(1 for n in prompt.values() if n["class_type"] == "P2PEditSpec")
+    # a P2P run decodes the source and each edit; a batch sampled otherwise (StyleAligned), the latent batch
+    batch = 1 + edits if edits else next(n["inputs"]["batch_size"] for n in prompt.values()
+                                         if n["class_type"] == "EmptyLatentImage")
     images = host.run(prompt, keep=(decode,))[decode][0]
-    assert images.shape == (1 + edits, size, size, 3)
+    assert images.shape == (batch, size, size, 3)
 
 
 SAVED_BEFORE_V3 = ROOT / "tests" / "fixtures" / "saved_before_v3_attention_maps.json"

@@ -331,7 +331,7 @@ DEMO_WORKFLOWS = {
 
 DEMO_SEEDS = {  # from tools/pick_demo_seeds.py
     "p2p_demo_word_swap": 0, "p2p_demo_refinement": 0, "p2p_demo_reweight": 0, "p2p_demo_local_blend": 7,
-    "p2p_demo_attention_maps": 0,
+    "p2p_demo_attention_maps": 0, "p2p_demo_style_aligned": 2, "p2p_demo_attention_segments": 1,
 }
 
 
@@ -445,8 +445,113 @@ def _demo_invert() -> tuple[Graph, dict, list, dict]:
     return g, positions, notes, {"sizes": sizes}
 
 
+STYLE_NOTE = """## StyleAligned
+
+**P2P Style Aligned** patches the MODEL so that every picture of a batch takes the style of the first one
+(item 0, the reference): each item's self-attention also attends to item 0's keys and values, after matching
+its queries and keys to item 0's statistics (AdaIN). Item 0 is exactly what it would be without the patch.
+
+**P2P Prompt Batch** gives each item its own prompt (one per line). Here item 0 names a background and a
+texture; the others name only their colour and shape, and take item 0's background. The lower KSampler
+runs the same batch without the patch, for comparison.
+
+Any sampler works (KSampler, SamplerCustomAdvanced, P2P Sampler). To use a real picture as the reference,
+connect a **P2P Invert** to *reference_inversion*.
+"""
+
+STYLE_PROMPTS = ("a big red striped circle on a black background", "a blue square", "a green triangle",
+                 "a yellow circle")
+
+
+def _demo_style_aligned() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    model = g.node("P2PDemoModel", "model")
+    style = g.node("P2PStyleAligned", "style", model=model.out(0), layers="all", adain="queries+keys",
+                   key_scale=1.0, reference_weight=1.0, share_items="")
+    prompts = g.node("P2PPromptBatch", "prompts", clip=model.out(1), prompts="\n".join(STYLE_PROMPTS))
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
+    latent = g.node("EmptyLatentImage", "latent", width=DEMO_SIZE, height=DEMO_SIZE, batch_size=len(STYLE_PROMPTS))
+    positions = {"model": (40, 40), "style": (380, 40), "prompts": (380, 340), "negative": (380, 600),
+                 "latent": (380, 800)}
+    sizes = {"model": (300, 100), "style": (400, 260), "prompts": (400, 220), "negative": (400, 160),
+             "latent": (400, 110)}
+    for row, (suffix, patched, title) in enumerate((("", style, "KSampler (style aligned)"),
+                                                   ("_plain", model, "KSampler (without the patch)"))):
+        y = 40 + 480 * row
+        sampler = g.node("KSampler", f"sampler{suffix}", title=title, model=patched.out(0), positive=prompts,
+                         negative=neg, latent_image=latent, seed=DEMO_SEEDS["p2p_demo_style_aligned"], steps=30,
+                         cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+        decode = g.node("VAEDecode", f"decode{suffix}", samples=sampler, vae=model.out(2))
+        scale = g.node("ImageScaleBy", f"scale{suffix}", image=decode, upscale_method="nearest-exact",
+                       scale_by=DEMO_VIEW_SCALE)
+        g.node("SaveImage", f"save{suffix}", images=scale, filename_prefix=f"p2p_demo_style_aligned{suffix}")
+        positions |= {f"sampler{suffix}": (820, y), f"decode{suffix}": (1180, y), f"scale{suffix}": (1180, y + 90),
+                      f"save{suffix}": (1540, y)}
+        sizes |= {f"sampler{suffix}": (320, 330), f"decode{suffix}": (210, 50), f"scale{suffix}": (320, 90),
+                  f"save{suffix}": (700, 420)}
+    notes = [(f"{DEMO_NOTE}\n{STYLE_NOTE}", (40, 180), (300, 720))]
+    return g, positions, notes, {"sizes": sizes}
+
+
+SEGMENTS_NOTE = """## Attention segments as a blend mask
+
+The upper **P2P Sampler** runs the word swap once to capture its attention (self-attention included).
+**P2P Attention Segments** splits the source picture into segments by its self-attention (cells that attend
+alike belong together) and labels each with the word whose cross-attention falls on it; its *mask* output is
+the segments of the chosen words (here *circle*), at the latent's size.
+
+The lower P2P Sampler runs the same edit with **P2P Local Blend** given that mask and no words: outside the
+circle's segments the edit is the source, pixel for pixel.
+
+On a real checkpoint capture at resolution 1/2 (SD1.5) for finer segments; the demo's 8x8 latent is
+captured at 1/1.
+"""
+
+SEGMENTS_PROMPTS = ("a red circle on the left and a blue square on the right",
+                    "a yellow circle on the left and a blue square on the right")
+
+
+def _demo_attention_segments() -> tuple[Graph, dict, list, dict]:
+    g = Graph()
+    model = g.node("P2PDemoModel", "model")
+    source, target = SEGMENTS_PROMPTS
+    edit = g.node("P2PEditSpec", "edit", clip=model.out(1), source_prompt=source, target_prompt=target, mode="auto",
+                  cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
+    neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
+    latent = g.node("EmptyLatentImage", "latent", width=DEMO_SIZE, height=DEMO_SIZE, batch_size=1)
+    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1", start=0.0, end=1.0,
+                     layers="down+up", per_step=False, self_attention=True)
+    run = {"model": model.out(0), "negative": neg, "latent_image": latent,
+           "seed": DEMO_SEEDS["p2p_demo_attention_segments"], "steps": 30, "cfg": 5.0, "sampler_name": "euler",
+           "scheduler": "normal", "denoise": 1.0}
+    first = g.node("P2PSampler", "sampler", title="P2P Sampler (captures attention)", edit=edit, capture=capture,
+                   **run)
+    decode = g.node("VAEDecode", "decode", samples=first, vae=model.out(2))
+    segments = g.node("P2PAttentionSegments", "segments", attention=first.out(1), item=0, segments=5,
+                      words="circle", threshold=0.3, images=decode)
+    blend = g.node("P2PLocalBlend", "blend", edit=edit, source_words="", target_words="", threshold=0.3, start=0.2,
+                   subtract_words="", mask=segments.out(2))
+    second = g.node("P2PSampler", "blended", title="P2P Sampler (blended by the segment mask)", edit=blend, **run)
+    decode2 = g.node("VAEDecode", "decode_blended", samples=second, vae=model.out(2))
+    scale = g.node("ImageScaleBy", "scale", image=decode2, upscale_method="nearest-exact", scale_by=DEMO_VIEW_SCALE)
+    g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_attention_segments")
+    g.node("PreviewImage", "labels_preview", title="Segments", images=segments.out(0))
+    positions = {"model": (40, 40), "edit": (380, 40), "negative": (40, 560), "latent": (40, 780),
+                 "capture": (380, 540), "sampler": (820, 40), "decode": (820, 420), "segments": (1180, 40),
+                 "labels_preview": (1180, 420), "blend": (820, 540), "blended": (1180, 760),
+                 "decode_blended": (1540, 760), "scale": (1540, 850), "save": (1900, 760)}
+    sizes = {"model": (300, 100), "edit": (400, 460), "negative": (300, 160), "latent": (300, 110),
+             "capture": (400, 250), "sampler": (320, 330), "decode": (210, 50), "segments": (320, 330),
+             "labels_preview": (640, 300), "blend": (320, 250), "blended": (320, 330), "decode_blended": (210, 50),
+             "scale": (320, 90), "save": (560, 320)}
+    notes = [(f"{DEMO_NOTE}\n{SEGMENTS_NOTE}", (40, 920), (740, 420))]
+    return g, positions, notes, {"sizes": sizes}
+
+
 WORKFLOWS = {
     **{name: (lambda n=name: _demo(n)) for name in DEMO_WORKFLOWS},
+    "p2p_demo_style_aligned": _demo_style_aligned,
+    "p2p_demo_attention_segments": _demo_attention_segments,
     "p2p_demo_invert_real_image": _demo_invert,
     "p2p_demo_guider": _demo_guider,
     "p2p_word_swap_sd15": _sd15_word_swap,
