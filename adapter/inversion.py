@@ -30,7 +30,7 @@ from .errors import check_schedule, input_error
 __all__ = ["InversionBundle", "check_inversion_model", "InvertSettings", "invert", "deterministic_samplers",
            "NullContextPatch",
            "null_text_negative", "crop_to_fit", "latent_multiple", "flow_model", "save_inversion", "load_inversion",
-           "inversion_files", "inversion_path", "same_schedule", "FOLDER"]
+           "inversion_files", "inversion_path", "same_schedule", "start_at", "FOLDER"]
 
 FOLDER = "p2p_inversions"
 FORMAT_VERSION = "1"
@@ -112,6 +112,14 @@ def check_inversion_model(node: str, input_name: str, bundle: InversionBundle, m
     if height % multiple or width % multiple:
         raise input_error(node, input_name, f"its latent is {width}x{height}, but this model's latent sides are "
                           f"multiples of {multiple}: it was made with another kind of model")
+
+
+def start_at(model, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LATENT samples and the noise with which a sampler's first latent is exactly `start` [B, C, H, W] (model
+    space): a VP model's first latent is latent + sigma_0 * noise, so the noise is zero; a rectified flow's is
+    sigma_0 * noise + (1 - sigma_0) * latent, so the noise is the start too."""
+    latents = model.model.process_latent_out(start.float())
+    return latents, start.float().clone() if flow_model(model) else torch.zeros_like(latents)
 
 
 def flow_model(model) -> bool:

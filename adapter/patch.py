@@ -21,7 +21,7 @@ from ..p2p.inversion import Inversion, trajectory_at
 from .inversion import NullContextPatch
 from .unet import AttentionSite
 
-__all__ = ["HostRun", "install", "install_replace", "install_step_wrapper", "Prior"]
+__all__ = ["HostRun", "install", "install_replace", "install_step_wrapper", "layer_call", "Prior"]
 
 log = logging.getLogger("prompt_to_prompt")
 WRAPPER_KEY = "prompt_to_prompt"
@@ -116,12 +116,7 @@ class AttentionPatch:
         )
 
     def __call__(self, q, k, v, extra_options):
-        heads, precision = extra_options["n_heads"], extra_options.get("attn_precision")
-        index = extra_options.get("block_index", 0)
-        site, prior = self.sites.get(index), self.priors.get(index)
-
-        def attend(q_, k_, v_):
-            return optimized_attention(q_, k_, v_, heads, attn_precision=precision, transformer_options=extra_options)
+        site, prior, attend = layer_call(self.sites, self.priors, extra_options)
 
         call = None if site is None else self._layout(q, extra_options, site)
         if site is None or call is None:
@@ -156,6 +151,18 @@ def install(model_patcher, host: HostRun, sites: list[AttentionSite]) -> None:
         install_replace(model_patcher, kind, sites,
                         lambda block_sites, priors, kind=kind: AttentionPatch(host, kind, block_sites, priors))
     install_step_wrapper(model_patcher, host)
+
+
+def layer_call(sites: dict[int, AttentionSite], priors: dict[int, Prior | None], extra_options: dict):
+    """For a replace patch's call: the layer's site (None if not one of ours), the patch set before on it, and the
+    host's own attention for this call (its backend, heads and precision)."""
+    heads, precision = extra_options["n_heads"], extra_options.get("attn_precision")
+    index = extra_options.get("block_index", 0)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
+
+    return sites.get(index), priors.get(index), attend
 
 
 def install_replace(model_patcher, kind: str, sites: list[AttentionSite],

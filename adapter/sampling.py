@@ -35,9 +35,9 @@ from .inversion import (
     NullContextPatch,
     check_inversion_model,
     deterministic_samplers,
-    flow_model,
     null_text_negative,
     same_schedule,
+    start_at,
 )
 from .patch import HostRun, install
 from .style_aligned import reference_pin_of
@@ -240,12 +240,7 @@ class EditGuider(comfy.samplers.CFGGuider):
             return _Start(latent_image.repeat(repeat), noise[:1].repeat(shared), self.negative, denoise_mask, None)
         bundle = _inversion_for_run(names, self.inversion, sigmas, self.cfg, sampler, self.scheduler)
         inv = bundle.inversion
-        start = self.model_patcher.model.process_latent_out(inv.noise[None].float())
-        latents = start.repeat(size, *([1] * (start.ndim - 1)))
-        # The sampler starts exactly at the inverted noise: a VP model's first latent is latent + noise, so the noise
-        # is zero; a rectified flow's is sigma_0 * noise + (1 - sigma_0) * latent, so the noise is the start too.
-        noise = inv.noise[None].float().repeat(latents.shape[0], *([1] * (start.ndim - 1))) \
-            if flow_model(self.model_patcher) else torch.zeros_like(latents)
+        latents, noise = start_at(self.model_patcher, inv.noise[None].repeat(size, 1, 1, 1))
         negative = self.negative
         if inv.method == "negative_prompt":
             negative = self.edit.conditionings[0]  # the source prompt as the negative, for every item

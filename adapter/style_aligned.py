@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 
 from ..p2p import P2PError
@@ -21,7 +20,7 @@ from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
 from ..p2p.joint import fused_lse_agrees
 from ..p2p.shared_attention import ADAIN_MODES, SharedAttentionSpec, adain, shared_attention, sharing_rows
 from .errors import input_error
-from .patch import Prior, install_replace
+from .patch import Prior, install_replace, layer_call
 from .unet import AttentionSite, attention_sites
 
 __all__ = ["NODE", "SPEC_KEY", "StyleAlignedPatch", "ReferencePin", "install_style_aligned", "reference_pin_of"]
@@ -56,12 +55,8 @@ class StyleAlignedPatch:
         return self.fused[key]
 
     def __call__(self, q, k, v, extra_options):
-        heads, precision = extra_options["n_heads"], extra_options.get("attn_precision")
-        index = extra_options.get("block_index", 0)
-        site, prior = self.sites.get(index), self.priors.get(index)
-
-        def attend(q_, k_, v_):
-            return optimized_attention(q_, k_, v_, heads, attn_precision=precision, transformer_options=extra_options)
+        site, prior, attend = layer_call(self.sites, self.priors, extra_options)
+        heads = extra_options["n_heads"]
 
         stock = attend(q, k, v)
         combined = stock if prior is None else prior(q, k, v, extra_options)
@@ -84,7 +79,7 @@ class StyleAlignedPatch:
         own = {name: t[rows] for name, t in parts.items()}  # [S, N, C]
         for name in ADAIN_MODES[self.spec.adain]:
             own[name] = adain(own[name], parts[name][refs])
-        upcast = precision == torch.float32 and self.spec.reference_weight not in (0.0, 1.0)
+        upcast = extra_options.get("attn_precision") == torch.float32 and self.spec.reference_weight not in (0.0, 1.0)
         qs, ks, ref_k = (t.float() if upcast else t for t in (own["q"], own["k"], k[refs]))
         shared = shared_attention(qs, ks, own["v"], ref_k, v[refs], heads, self.spec, attend,
                                   fused=self._fused(qs)).to(stock.dtype)

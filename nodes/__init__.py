@@ -8,11 +8,11 @@ from .demo_model import P2PDemoModel
 from .edit_nodes import P2PEditSpec, P2PLocalBlend, P2PReweight
 from .inversion_nodes import P2PInvert, P2PLoadInversion, P2PSaveInversion
 from .sampler_nodes import P2PGuider, P2PSampler
-from .style_nodes import P2PPromptBatch, P2PStyleAligned
+from .style_nodes import P2PAppearanceTransfer, P2PPromptBatch, P2PStyleAligned
 
 __all__ = [
     "NODES", "PromptToPromptExtension", "comfy_entrypoint", "P2PEditSpec", "P2PReweight", "P2PLocalBlend",
-    "P2PSampler", "P2PGuider", "P2PStyleAligned", "P2PPromptBatch",
+    "P2PSampler", "P2PGuider", "P2PStyleAligned", "P2PPromptBatch", "P2PAppearanceTransfer",
     "P2PAttentionCapture", "P2PAttentionMaps", "P2PAttentionSegments", "P2PGuiderAttention", "P2PInvert",
     "P2PSaveInversion", "P2PLoadInversion", "P2PDemoModel",
 ]
@@ -20,8 +20,8 @@ __all__ = [
 # In the Add Node menu's order
 NODES: list[type[io.ComfyNode]] = [
     P2PEditSpec, P2PReweight, P2PLocalBlend, P2PSampler, P2PGuider, P2PStyleAligned, P2PPromptBatch,
-    P2PAttentionCapture, P2PAttentionMaps, P2PAttentionSegments, P2PGuiderAttention, P2PInvert, P2PSaveInversion,
-    P2PLoadInversion, P2PDemoModel,
+    P2PAppearanceTransfer, P2PAttentionCapture, P2PAttentionMaps, P2PAttentionSegments, P2PGuiderAttention,
+    P2PInvert, P2PSaveInversion, P2PLoadInversion, P2PDemoModel,
 ]
 
 

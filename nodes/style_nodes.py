@@ -1,19 +1,25 @@
-"""Shared self-attention nodes: P2PStyleAligned (a MODEL patch) and P2PPromptBatch (one prompt per batch item)."""
+"""Shared self-attention nodes: P2PStyleAligned (a MODEL patch), P2PPromptBatch (one prompt per batch item) and
+P2PAppearanceTransfer (cross-image attention between two inverted pictures)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..adapter.appearance import NODE as TRANSFER_NODE
+from ..adapter.appearance import transfer
 from ..adapter.conditioning import prompt_batch
 from ..adapter.errors import input_error, node_input
-from ..adapter.inversion import check_inversion_model
+from ..adapter.inversion import check_inversion_model, deterministic_samplers
+from ..adapter.sampling import intermediate
 from ..adapter.style_aligned import NODE, ReferencePin, install_style_aligned, parse_spec
-from ..p2p import ADAIN_MODES, LAYER_GROUPS, SharedAttentionSpec, parse_items
+from ..p2p import ADAIN_MODES, LAYER_GROUPS, P2PError, SharedAttentionSpec, parse_items
+from ..p2p.cross_image import AppearanceSpec
 from .sockets import CATEGORY, Inversion
 
-__all__ = ["P2PStyleAligned", "P2PPromptBatch"]
+__all__ = ["P2PStyleAligned", "P2PPromptBatch", "P2PAppearanceTransfer"]
 
 DEFAULTS = SharedAttentionSpec()
+TRANSFER = AppearanceSpec()
 
 
 class P2PStyleAligned(io.ComfyNode):
@@ -112,3 +118,63 @@ class P2PPromptBatch(io.ComfyNode):
         if not lines:
             raise input_error("P2PPromptBatch", "prompts", "is empty: write one prompt per line")
         return io.NodeOutput(prompt_batch(clip, lines))
+
+
+def _fraction(name: str, default: float, tooltip: str) -> io.Float.Input:
+    return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+
+class P2PAppearanceTransfer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=TRANSFER_NODE,
+            display_name="P2P Appearance Transfer",
+            category=CATEGORY,
+            description="Cross-image attention (Alaluf et al., SIGGRAPH 2024): a picture with the layout of the "
+            "structure picture and the look of the appearance picture (two pictures of the same kind of object, "
+            "both inverted with P2P Invert). The output starts from the structure's inverted noise; in the "
+            "decoder's self-attention its queries take the appearance picture's keys and values. Sampled with "
+            "the structure inversion's schedule and guidance.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model both pictures were inverted with (SD1.x, SD2.x, SDXL)."),
+                Inversion.Input("structure", tooltip="P2P Invert of the picture whose layout the output keeps."),
+                Inversion.Input("appearance", tooltip=(
+                    "P2P Invert of the picture whose colours and textures the output takes (same size, steps "
+                    "and scheduler as the structure's).")),
+                io.Conditioning.Input("positive", tooltip=(
+                    "The prompt to sample with: a plain description of the object both pictures show ('a photo "
+                    "of a cat'), as the paper does; the inversions' prompt works well.")),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (usually empty)."),
+                io.Combo.Input("sampler_name", options=deterministic_samplers(), default="euler", tooltip=(
+                    "A deterministic sampler, so the two pictures retrace their inversions.")),
+                _fraction("start", TRANSFER.start, (
+                    "Fraction of the steps after which the output takes the appearance's keys and values.")),
+                _fraction("end", TRANSFER.end, (
+                    "Fraction of the steps after which the swap stops, in the layers at the latent's size.")),
+                _fraction("end_half", TRANSFER.end_half, (
+                    "The same for the layers at half of the latent's size (the paper stops them earlier).")),
+                io.Float.Input("contrast", default=TRANSFER.contrast, min=1.0, max=5.0, step=0.01, tooltip=(
+                    "Sharpens the output's attention to the appearance picture: weak matches drop, strong ones "
+                    "grow. 1: plain attention.")),
+                _fraction("adain_start", TRANSFER.adain_start, (
+                    "Fraction of the steps from which the output latent takes the appearance latent's channel "
+                    "mean and spread (AdaIN), which carries the overall colour. 1: never.")),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The output."),
+                io.Latent.Output(display_name="pictures", tooltip=(
+                    "The output, the structure and the appearance as this run retraced them (a batch of 3).")),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, structure, appearance, positive, negative, sampler_name, start, end, end_half,
+                contrast, adain_start) -> io.NodeOutput:
+        try:
+            spec = AppearanceSpec(start=start, end=end, end_half=end_half, contrast=contrast, adain_start=adain_start)
+        except P2PError as e:
+            name, _, reason = str(e).partition(": ")
+            raise input_error(TRANSFER_NODE, name, reason) from None
+        samples = intermediate(transfer(model, structure, appearance, positive, negative, sampler_name, spec))
+        return io.NodeOutput({"samples": samples[:1]}, {"samples": samples})

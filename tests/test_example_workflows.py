@@ -24,12 +24,13 @@ PART_LOADERS = {"UNETLoader": 0, "DualCLIPLoader": 1, "VAELoader": 2}
 def test_every_workflow_is_generated_and_current(host):
     files = {p.stem for p in (ROOT / "example_workflows").glob("*.json")}
     assert files == set(WORKFLOWS)
-    from tools.build_workflows import INVERT_SCENE, write_scene
+    from tools.build_workflows import INVERT_SCENE, TRANSFER_SCENE, write_scene
 
-    scene = ROOT / "test-artifacts" / INVERT_SCENE
-    scene.parent.mkdir(exist_ok=True)
-    write_scene(scene)
-    assert scene.read_bytes() == (ROOT / "example_workflows" / INVERT_SCENE).read_bytes()
+    for name in (INVERT_SCENE, TRANSFER_SCENE):
+        scene = ROOT / "test-artifacts" / name
+        scene.parent.mkdir(exist_ok=True)
+        write_scene(scene)
+        assert scene.read_bytes() == (ROOT / "example_workflows" / name).read_bytes()
     for name, workflow in build(host.nodes.NODE_CLASS_MAPPINGS).items():
         committed = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
         assert committed == workflow, f"example_workflows/{name}.json is stale: run `python -m tools.build_workflows`"
@@ -66,9 +67,14 @@ def test_workflow_runs_headless(host, name):
             shutil.copy(ROOT / "example_workflows" / node["inputs"]["image"], inputs)
     decode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEDecode")
     edits = sum(1 for n in prompt.values() if n["class_type"] == "P2PEditSpec")
-    # a P2P run decodes the source and each edit; a batch sampled otherwise (StyleAligned), the latent batch
-    batch = 1 + edits if edits else next(n["inputs"]["batch_size"] for n in prompt.values()
-                                         if n["class_type"] == "EmptyLatentImage")
+    # a P2P run decodes the source and each edit; an appearance transfer its three pictures; a batch sampled
+    # otherwise (StyleAligned), the latent batch
+    if edits:
+        batch = 1 + edits
+    elif any(n["class_type"] == "P2PAppearanceTransfer" for n in prompt.values()):
+        batch = 3
+    else:
+        batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
     images = host.run(prompt, keep=(decode,))[decode][0]
     assert images.shape == (batch, size, size, 3)
 
