@@ -18,7 +18,8 @@ from .errors import input_error
 from .heatmap_render import colorize, colour_map_rgb255, grid, overlay, upsample
 from .tokenize import WordSplitter
 
-__all__ = ["CapturedAttention", "DEFAULT_CAPTURE", "GRID_COLUMNS", "MAX_STEP_ROWS", "Drawing", "draw", "has_phrase"]
+__all__ = ["CapturedAttention", "DEFAULT_CAPTURE", "GRID_COLUMNS", "MAX_STEP_ROWS", "Drawing", "draw", "has_phrase",
+           "segments_payload"]
 
 log = logging.getLogger("prompt_to_prompt")
 
@@ -84,6 +85,20 @@ def _payload(maps: AttentionMaps, pictures: np.ndarray, phrases, item: int) -> d
             "words": [label for label, _ in heat],
             "maps": [_normalised(m) for _, m in heat],
         })
+    return _view_data(maps, items, item)
+
+
+def segments_payload(maps: AttentionMaps, picture: np.ndarray, item: int,
+                     segments: list[tuple[str, torch.Tensor]]) -> dict:
+    """The heatmap view's data for one picture's segments: each segment is a chip ("1: circle") whose map is its
+    mask ([h, w]), so clicking chips shows segments and shift-clicking unites them."""
+    entry = {"label": "source" if item == 0 else f"edit {item}", "prompt": maps.prompts[item].text,
+             "image": _save_preview(picture), "words": [label for label, _ in segments],
+             "maps": [_normalised(mask.float()) for _, mask in segments]}
+    return _view_data(maps, [entry], 0)
+
+
+def _view_data(maps: AttentionMaps, items: list[dict], item: int) -> dict:
     return {
         "items": items,
         "item": item,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..p2p.capture import SELF_MAX_TOKENS
 from ..p2p.segments import Segmentation, segment, word_masks
 from ..p2p.text_inputs import parse_phrases
-from .attention_view import CapturedAttention, has_phrase
+from .attention_view import CapturedAttention, has_phrase, segments_payload
 from .errors import input_error, node_input
 from .heatmap_render import grid
 
@@ -34,6 +34,7 @@ class SegmentsView:
     masks: torch.Tensor  # [n_words, H_lat, W_lat] float 0/1
     mask: torch.Tensor  # [1, H_lat, W_lat]: the words' union
     labels: str  # "1: circle, 2: background, ..."
+    payload: dict | None  # the heatmap view's data (each segment a chip), when the pictures are given
 
 
 def segments_view(attention: CapturedAttention | None, images: torch.Tensor | None, item: int, count: int,
@@ -65,11 +66,19 @@ def segments_view(attention: CapturedAttention | None, images: torch.Tensor | No
     masks = word_masks(seg, size)
     union = masks.amax(dim=0, keepdim=True) if len(masks) else torch.zeros(1, *size)
     picture = None if images is None else images[item].float().cpu().numpy()
-    return SegmentsView(_draw(seg, picture), masks, union, _labels(seg))
+    payload = None
+    if picture is not None:
+        chips = [(label, seg.labels == i) for i, label in enumerate(_segment_labels(seg))]
+        payload = segments_payload(maps, picture, item, chips)
+    return SegmentsView(_draw(seg, picture), masks, union, _labels(seg), payload)
+
+
+def _segment_labels(seg: Segmentation) -> list[str]:
+    return [f"{i + 1}: {name or 'background'}" for i, name in enumerate(seg.names)]
 
 
 def _labels(seg: Segmentation) -> str:
-    return ", ".join(f"{i + 1}: {name or 'background'}" for i, name in enumerate(seg.names))
+    return ", ".join(_segment_labels(seg))
 
 
 def _colours(seg: Segmentation) -> np.ndarray:
@@ -93,8 +102,8 @@ def _draw(seg: Segmentation, picture: np.ndarray | None) -> torch.Tensor:
     row = [] if picture is None else [("picture", picture)]
     row.append(("segments", coloured if picture is None else 0.5 * picture + 0.5 * coloured))
     base = picture if picture is not None else np.full((*size, 3), 0.15)
-    for i, name in enumerate(seg.names):
+    for i, label in enumerate(_segment_labels(seg)):
         inside = _scaled((seg.labels.numpy() == i)[..., None].repeat(3, -1).astype(np.float32), size)
-        row.append((f"{i + 1}: {name or 'background'}", base * (0.25 + 0.75 * inside)))
+        row.append((label, base * (0.25 + 0.75 * inside)))
     return grid([row])
 

@@ -156,7 +156,8 @@ class P2PAttentionSegments(io.ComfyNode):
                     "A segment takes a word when the word's attention map, scaled to 0..1, averages above this "
                     "over the segment; otherwise it is background.")),
                 io.Image.Input("images", optional=True, tooltip=(
-                    "The decoded batch of that run, to draw the segments over the picture.")),
+                    "The decoded batch of that run, to draw the segments over the picture (and in the node's "
+                    "view: a chip per segment, shift-click to unite).")),
             ],
             outputs=[
                 io.Image.Output(display_name="segments", tooltip=(
@@ -172,5 +173,6 @@ class P2PAttentionSegments(io.ComfyNode):
     @classmethod
     def execute(cls, attention, item, segments, words, threshold, images=None) -> io.NodeOutput:
         view = segments_view(attention, images, item, segments, words, threshold)
-        return io.NodeOutput(view.image, view.masks, view.mask, view.labels,
-                             ui=ui.PreviewImage(view.image, cls=cls))
+        preview = ui.PreviewImage(view.image, cls=cls).as_dict()
+        shown = preview if view.payload is None else {**preview, "p2p_attention": [view.payload]}
+        return io.NodeOutput(view.image, view.masks, view.mask, view.labels, ui=shown)

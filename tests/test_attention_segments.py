@@ -112,3 +112,28 @@ def test_images_of_another_batch_are_refused(host):
     with pytest.raises(HostError, match=r"P2PAttentionSegments: input 'images': got 3 pictures but the sampler "
                        r"made 2"):
         host.run(g.prompt(), keep=("segments",))
+
+
+def test_the_node_view_gets_a_chip_per_segment_whose_map_is_its_mask(host):
+    """With the pictures connected, the node sends the heatmap view (web/p2p_attention.js) its data: one chip
+    per segment, labelled as the `labels` output, each map the segment's cells (0/1), together covering the
+    picture once."""
+    g, n = captured()
+    decoded = g.node("VAEDecode", "decode", samples=n["p2p"], vae=n["loader"].out(2))
+    add_segments(g, n, images=decoded)
+    out = host.run(g.prompt(), keep=("segments",))
+    (executed,) = [e for e in host.server.of("executed") if e["node"] == "segments"]
+    data = executed["output"]["p2p_attention"][0]
+    (entry,) = data["items"]
+    assert entry["words"] == out["segments"][3].split(", ")
+    cells = torch.tensor([m["values"] for m in entry["maps"]])  # [segments, h * w]
+    assert set(cells.unique().tolist()) == {0.0, 1.0} and torch.equal(cells.sum(0), torch.ones(cells.shape[1]))
+    assert executed["output"]["images"]  # the labelled grid is still previewed
+
+
+def test_without_pictures_the_node_only_previews_its_grid(host):
+    g, n = captured()
+    add_segments(g, n)
+    host.run(g.prompt(), keep=("segments",))
+    (executed,) = [e for e in host.server.of("executed") if e["node"] == "segments"]
+    assert "p2p_attention" not in executed["output"] and executed["output"]["images"]

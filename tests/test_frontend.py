@@ -163,6 +163,26 @@ def test_heatmaps_are_drawn_inside_the_node_and_follow_the_controls(page, render
     assert others == 0
 
 
+SEGMENTS_WORKFLOW = ROOT / "example_workflows" / "p2p_demo_attention_segments.json"
+SEGMENTS_VIEW = "window.app.graph.nodes.find(n => n.type === 'P2PAttentionSegments')"
+
+
+def test_segments_are_shown_in_the_node_view_a_chip_per_segment(page):
+    load(page, json.loads(SEGMENTS_WORKFLOW.read_text()))
+    assert page.evaluate(f"() => {SEGMENTS_VIEW}.p2pAttentionView.draws") == 0
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    page.wait_for_function(f"() => ({SEGMENTS_VIEW}?.p2pAttentionView?.draws ?? 0) > 0", timeout=180_000)
+    chips = page.evaluate(f"() => {SEGMENTS_VIEW}.p2pAttentionView.data.items[0].words")
+    assert len(chips) == 5 and [c.split(": ")[0] for c in chips] == ["1", "2", "3", "4", "5"]
+    assert page.evaluate(f"() => {SEGMENTS_VIEW}.p2pAttentionView.canvas.dataset.words") == chips[0]
+    pixels = page.evaluate(f"""() => {{
+        const c = {SEGMENTS_VIEW}.p2pAttentionView.canvas;
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+    }}""")
+    assert len(set(pixels)) > 20, "the segments view is blank"
+    page.screenshot(path=str(ARTIFACTS / "segments_view.png"))
+
+
 DOC_PAGES = sorted((ROOT / "web" / "docs").glob("*.md"))
 
 

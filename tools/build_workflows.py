@@ -538,10 +538,10 @@ def _demo_attention_segments() -> tuple[Graph, dict, list, dict]:
     g.node("PreviewImage", "labels_preview", title="Segments", images=segments.out(0))
     positions = {"model": (40, 40), "edit": (380, 40), "negative": (40, 560), "latent": (40, 780),
                  "capture": (380, 540), "sampler": (820, 40), "decode": (820, 420), "segments": (1180, 40),
-                 "labels_preview": (1180, 420), "blend": (820, 540), "blended": (1180, 760),
-                 "decode_blended": (1540, 760), "scale": (1540, 850), "save": (1900, 760)}
+                 "labels_preview": (1620, 40), "blend": (820, 540), "blended": (1180, 800),
+                 "decode_blended": (1540, 800), "scale": (1540, 890), "save": (1900, 800)}
     sizes = {"model": (300, 100), "edit": (400, 460), "negative": (300, 160), "latent": (300, 110),
-             "capture": (400, 250), "sampler": (320, 330), "decode": (210, 50), "segments": (320, 330),
+             "capture": (400, 250), "sampler": (320, 330), "decode": (210, 50), "segments": (400, 680),
              "labels_preview": (640, 300), "blend": (320, 250), "blended": (320, 330), "decode_blended": (210, 50),
              "scale": (320, 90), "save": (560, 320)}
     notes = [(f"{DEMO_NOTE}\n{SEGMENTS_NOTE}", (40, 920), (740, 420))]

@@ -1,10 +1,11 @@
 // Attention heatmaps inside the "P2P Attention Maps" node: the picture with the chosen words' cross-attention
-// overlaid, word chips, an opacity slider and a source/edit switch. A DOM widget, so it works in the classic
+// overlaid, word chips, an opacity slider and a source/edit switch. "P2P Attention Segments" uses the same view
+// with a chip per segment, whose map is the segment's mask. A DOM widget, so it works in the classic
 // canvas and in the Nodes 2.0 (Vue) renderer; it is not saved in the workflow and touches no other node.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const NODE = "P2PAttentionMaps";
+const NODES = new Set(["P2PAttentionMaps", "P2PAttentionSegments"]);
 const STOPWORDS = new Set(["a", "an", "the", "and", "on", "in", "at", "of", "with", "to"]);
 // v in 0..1 -> [r, g, b] in 0..255 on the colour map the node sends with its maps (anchors [value, r, g, b],
 // the node's own image output uses the same ones), interpolated linearly between anchors.
@@ -176,7 +177,7 @@ class HeatmapView {
 app.registerExtension({
   name: "prompt_to_prompt.attention_maps",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== NODE) return;
+    if (!NODES.has(nodeData.name)) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
