@@ -21,7 +21,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ..p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain
 from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
-from ..p2p.schedule import step_of_sigma, steps_at
+from ..p2p.schedule import sigma_after, step_of_sigma, steps_at
 from .errors import input_error
 from .inversion import InversionBundle, check_inversion_model, same_schedule, start_at
 from .patch import Prior, install_replace, layer_call
@@ -60,8 +60,7 @@ class TransferRun:
         pinned items and the output's AdaIN here changes the state the sampler steps from."""
         sigma = float(timestep.max())
         self.step = step_of_sigma(sigma, self.sigmas)
-        following = [s for s in self.sigmas if s < sigma * (1 - 1e-6)]
-        sigma_next = max(following) if following else 0.0
+        sigma_next = sigma_after(sigma, self.sigmas)
         paths = {STRUCTURE: self.structure, APPEARANCE: self.appearance}
         for item, path in paths.items():
             x[item] = trajectory_at(path, sigma).to(x)

@@ -18,6 +18,7 @@ from comfy.patcher_extension import WrappersMP
 from ..p2p import P2PError
 from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
 from ..p2p.joint import fused_lse_agrees
+from ..p2p.schedule import sigma_after
 from ..p2p.shared_attention import ADAIN_MODES, SharedAttentionSpec, adain, shared_attention, sharing_rows
 from .errors import input_error
 from .patch import Prior, install_replace, layer_call
@@ -122,8 +123,7 @@ class ReferencePin:
         model = executor.class_obj.inner_model  # the guider's BaseModel
         sigma = float(timestep.max())
         sigmas = [float(s) for s in model_options.get("transformer_options", {}).get("sample_sigmas", [])]
-        following = [s for s in sigmas if s < sigma * (1 - 1e-6)]
-        sigma_next = max(following) if following else 0.0
+        sigma_next = sigma_after(sigma, sigmas)
         x = x.clone()
         x[0] = self.path_at(sigma, x, model)
         denoised = executor(x, timestep, model_options, seed).clone()

@@ -24,6 +24,7 @@ class BlendMaps:
     def __init__(self, spec: LocalBlend):
         self.spec = spec
         self.sums: dict[str, torch.Tensor] = {}
+        self.region_cells: dict[tuple, torch.Tensor] = {}  # (size, device) -> the given region at that size
 
     def positions(self) -> dict[str, tuple[int, ...]]:
         s = self.spec
@@ -45,9 +46,17 @@ class BlendMaps:
     def mask(self, size: tuple[int, int]) -> torch.Tensor | None:
         """[1, 1, H, W] bool mask at latent size, or None before any map was seen (with a given region: the
         region until then)."""
-        if not any(k in self.sums for k in (SOURCE, TARGET)) and self.spec.region is None:
+        region = self.spec.region
+        if not any(k in self.sums for k in (SOURCE, TARGET)) and region is None:
             return None
-        return blend_mask(self.sums, self.spec.threshold, size, self.spec.region)
+        cells = None
+        if region is not None:  # the same every step: scaled once per size and device, not in every evaluation
+            device = _device(self.sums, region)
+            key = (tuple(size), device)
+            if key not in self.region_cells:
+                self.region_cells[key] = region_mask(region.to(device), size)
+            cells = self.region_cells[key]
+        return _united(self.sums, self.spec.threshold, size, cells)
 
 
 def _side_mask(amount: torch.Tensor, size: tuple[int, int], threshold: float, pool: bool) -> torch.Tensor:
@@ -72,9 +81,21 @@ def blend_mask(sums: dict[str, torch.Tensor], threshold: float, size: tuple[int,
                region: torch.Tensor | None = None) -> torch.Tensor:
     """Union of the pooled source- and target-word masks and the region, minus the unpooled subtract-word
     masks."""
+    cells = None if region is None else region_mask(region.to(_device(sums, region)), size)
+    return _united(sums, threshold, size, cells)
+
+
+def _device(sums: dict[str, torch.Tensor], region: torch.Tensor) -> torch.device:
+    """Where the maps are (the region's own device before any map was seen)."""
+    return next(iter(sums.values())).device if sums else region.device
+
+
+def _united(sums: dict[str, torch.Tensor], threshold: float, size: tuple[int, int],
+            region_cells: torch.Tensor | None) -> torch.Tensor:
+    """blend_mask with the region already at latent size ([1, 1, H, W] bool)."""
     pooled = [_side_mask(sums[side], size, threshold, pool=True) for side in (SOURCE, TARGET) if side in sums]
-    if region is not None:
-        pooled.append(region_mask(region.to(next(iter(sums.values())).device) if sums else region, size))
+    if region_cells is not None:
+        pooled.append(region_cells)
     if not pooled:
         raise P2PError("local blend needs the maps of a source or target word, or a mask")
     keep = pooled[0]

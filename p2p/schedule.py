@@ -23,7 +23,7 @@ import torch
 
 from .errors import P2PError
 
-__all__ = ["Window", "step_of_sigma", "steps_at", "token_alphas"]
+__all__ = ["Window", "step_of_sigma", "sigma_after", "steps_at", "token_alphas"]
 
 def steps_at(fraction: float, num_steps: int) -> int:
     """floor(fraction * num_steps), exact for the fraction's shortest decimal form (repr)."""
@@ -59,6 +59,12 @@ def step_of_sigma(sigma: float, sample_sigmas: Sequence[float]) -> int:
     threshold = sigma * (1.0 - 1e-4)
     at_or_above = sum(1 for s in sample_sigmas[:num_steps] if s >= threshold)
     return min(max(at_or_above - 1, 0), max(num_steps - 1, 0))
+
+
+def sigma_after(sigma: float, sample_sigmas: Sequence[float]) -> float:
+    """The scheduled noise level a step from `sigma` goes to: the largest one below it (0 after the last)."""
+    following = [s for s in sample_sigmas if s < sigma * (1 - 1e-6)]
+    return max(following) if following else 0.0
 
 
 def token_alphas(length: int, default: Window, per_token: dict[int, Window], num_steps: int) -> torch.Tensor:
