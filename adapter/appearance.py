@@ -5,7 +5,8 @@ all from their inverted noise. Items 1 and 2 follow their inverted paths (set be
 predictions the ones that land on the path's next latent), so they lend the output the keys and values of the
 real pictures. The output starts at the structure's inverted noise; an attn1 replace patch on the decoder's
 self-attention gives its rows the appearance's keys and values in the swap steps, and a PREDICT_NOISE wrapper
-sets its latent's channel statistics to the appearance's (AdaIN) from `adain_start` on.
+sets its latent's channel statistics to the appearance's (AdaIN) from `adain_start` on and, with swap guidance,
+evaluates the model a second time without the swap and extrapolates the output's prediction through the two.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import latent_preview
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain
+from ..p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain, swap_guided
 from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
 from ..p2p.schedule import sigma_after, step_of_sigma, steps_at
 from .errors import input_error
@@ -38,14 +39,15 @@ ITEMS = 3
 
 @dataclass(eq=False)
 class TransferRun:
-    """Per-run state, owned by one execution of the node: the spec, the two inverted paths, the schedule, and the
-    step being evaluated (set by the wrapper, read by the attention patches)."""
+    """Per-run state, owned by one execution of the node: the spec, the two inverted paths, the schedule, the
+    step being evaluated and whether this evaluation swaps (set by the wrapper, read by the attention patches)."""
 
     spec: AppearanceSpec
     structure: Inversion
     appearance: Inversion
     sigmas: list[float]
     step: int = 0
+    swapping: bool = True
     warned: set = field(default_factory=set)
 
     def __deepcopy__(self, memo):
@@ -67,6 +69,14 @@ class TransferRun:
         if self.step >= steps_at(self.spec.adain_start, self.num_steps):
             x[OUTPUT] = latent_adain(x[OUTPUT], x[APPEARANCE])
         denoised = executor(x, timestep, model_options, seed).clone()
+        strength = self.spec.swap_strength(self.step, self.num_steps)
+        if strength != 1.0:
+            self.swapping = False
+            try:
+                no_swap = executor(x, timestep, model_options, seed)
+            finally:
+                self.swapping = True
+            denoised[OUTPUT] = swap_guided(no_swap[OUTPUT], denoised[OUTPUT], strength)
         # The output's prediction gets the structure's correction, the gap between what lands on its inverted path
         # and what the model predicted for it (as Direct Inversion corrects its source branch; the paper's
         # edit-friendly DDPM noise maps do the same): without the swap the output is the structure picture.
@@ -95,7 +105,7 @@ class CrossImagePatch:
         out = attend(q, k, v) if prior is None else prior(q, k, v, extra_options)
         run = self.run
         window = None if site is None else run.spec.window(site.downsample)
-        if window is None or not window.contains(run.step, run.num_steps):
+        if not run.swapping or window is None or not window.contains(run.step, run.num_steps):
             return out
         chunks = len(extra_options.get("cond_or_uncond") or []) or 1
         if q.shape[0] != chunks * ITEMS or q.shape != k.shape or out.shape != q.shape:

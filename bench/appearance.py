@@ -8,8 +8,9 @@ colour, elsewhere, on white). Both are inverted with P2PInvert (its default meth
 `a <shape>`, and P2PAppearanceTransfer samples the output with that prompt. Measured in the world's 32x32
 pixels: the IoU of the output's object (every pixel not classified as background) with the structure picture's
 exact object mask (layout kept), and the share of those mask pixels drawn in the appearance colour (look taken).
-Columns: the node's defaults; without AdaIN; without the attention swap (AdaIN alone); neither (the structure's
-inverted noise regenerated: the no-attention baseline). Prints a markdown table with the machine described.
+Columns: the node's defaults; without swap guidance; without AdaIN; without the attention swap (AdaIN
+alone); neither (the structure's inverted noise regenerated: the no-attention baseline). Prints a markdown
+table with the machine described.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .shapesbench import CFG, STEPS, Bench, node_defaults
 
 RUNS = {  # P2PAppearanceTransfer's inputs over its defaults
     "default": {},
+    "no swap guidance": {"swap_guidance": 1.0},
     "no AdaIN": {"adain_start": 1.0},
     "AdaIN alone (no swap)": {"start": 0.0, "end": 0.0, "end_half": 0.0},
     "neither (baseline)": {"start": 0.0, "end": 0.0, "end_half": 0.0, "adain_start": 1.0},

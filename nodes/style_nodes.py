@@ -160,6 +160,11 @@ class P2PAppearanceTransfer(io.ComfyNode):
                 _fraction("adain_start", TRANSFER.adain_start, (
                     "Fraction of the steps from which the output latent takes the appearance latent's channel "
                     "mean and spread (AdaIN), which carries the overall colour. 1: never.")),
+                io.Float.Input("swap_guidance", default=TRANSFER.swap_guidance, min=1.0, max=10.0, step=0.05,
+                               tooltip=(
+                    "Pushes the output further from what it would be without the swap, as CFG pushes from the empty "
+                    "prompt (the paper's 3.5, easing to half of it over the steps). Each swap step then evaluates "
+                    "the model twice. 1: off.")),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The output."),
@@ -170,9 +175,10 @@ class P2PAppearanceTransfer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, structure, appearance, positive, negative, sampler_name, start, end, end_half,
-                contrast, adain_start) -> io.NodeOutput:
+                contrast, adain_start, swap_guidance=TRANSFER.swap_guidance) -> io.NodeOutput:
         try:
-            spec = AppearanceSpec(start=start, end=end, end_half=end_half, contrast=contrast, adain_start=adain_start)
+            spec = AppearanceSpec(start=start, end=end, end_half=end_half, contrast=contrast, adain_start=adain_start,
+                                  swap_guidance=swap_guidance)
         except P2PError as e:
             name, _, reason = str(e).partition(": ")
             raise input_error(TRANSFER_NODE, name, reason) from None

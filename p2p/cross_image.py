@@ -10,7 +10,11 @@ semantically matching place of the appearance picture and takes its look from th
 The contrast (the paper's 1.67) sharpens the correspondence: probabilities below (1 - 1/contrast) of the row's mean
 drop to 0 and the strong matches grow. The clip keeps the map from being a fused kernel's softmax, so it is computed
 in query chunks that bound the scores held at once. Between steps the output latent's channel statistics are set to
-the appearance latent's (AdaIN), which carries the overall colour.
+the appearance latent's (AdaIN), which carries the overall colour. Swap guidance (the paper's 3.5) extrapolates
+from the output's prediction without the swap through the one with it, as classifier-free guidance does from the
+empty prompt through the prompt:
+
+    prediction = no_swap + strength * (swap - no_swap),    strength falling linearly from g to max(g / 2, 1)
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from .errors import P2PError
 from .schedule import Window
 
-__all__ = ["AppearanceSpec", "contrasted_attention", "latent_adain", "SWAP_FACTORS", "MAX_SCORES"]
+__all__ = ["AppearanceSpec", "contrasted_attention", "latent_adain", "swap_guided", "SWAP_FACTORS", "MAX_SCORES"]
 
 SWAP_FACTORS = (1, 2)  # the layers the paper swaps in: the decoder's at the latent's size and at half of it
 MAX_SCORES = 1 << 24  # scores held at once by contrasted_attention (64 MB in float32)
@@ -32,13 +36,15 @@ MAX_SCORES = 1 << 24  # scores held at once by contrasted_attention (64 MB in fl
 @dataclass(frozen=True)
 class AppearanceSpec:
     """The paper's defaults, as fractions of the steps: swap in 10-90% of the steps at the latent's size and
-    10-70% at half of it (its code's ranges of 100 steps), AdaIN of the output latent from 20% on."""
+    10-70% at half of it (its code's ranges of 100 steps), AdaIN of the output latent from 20% on, swap guidance
+    3.5 in the steps that swap."""
 
     start: float = 0.1
     end: float = 0.9
     end_half: float = 0.7  # the end for the layers at half of the latent's size
     contrast: float = 1.67
     adain_start: float = 0.2  # 1.0: no AdaIN
+    swap_guidance: float = 3.5  # 1.0: none (one model evaluation a step instead of two)
 
     def __post_init__(self):
         for name in ("start", "end", "end_half", "adain_start"):
@@ -48,8 +54,10 @@ class AppearanceSpec:
         for name in ("end", "end_half"):
             if getattr(self, name) < self.start:
                 raise P2PError(f"{name}: the swap must end at or after its start ({self.start})")
-        if not (math.isfinite(self.contrast) and self.contrast >= 1.0):
-            raise P2PError(f"contrast: must be a finite number of at least 1, not {self.contrast}")
+        for name in ("contrast", "swap_guidance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 1.0):
+                raise P2PError(f"{name}: must be a finite number of at least 1, not {value}")
 
     def window(self, factor: int) -> Window | None:
         """The steps a layer at 1/factor of the latent's size swaps in; None for the layers it never does."""
@@ -58,6 +66,14 @@ class AppearanceSpec:
         if factor == SWAP_FACTORS[1]:
             return Window(self.start, self.end_half)
         return None
+
+    def swap_strength(self, step: int, num_steps: int) -> float:
+        """The swap guidance of `step`: as the paper's code, falling linearly over the whole run from
+        `swap_guidance` to max(swap_guidance / 2, 1), applied in the steps where some layer swaps; 1 elsewhere."""
+        if self.swap_guidance == 1.0 or not Window(self.start, max(self.end, self.end_half)).contains(step, num_steps):
+            return 1.0
+        low = max(self.swap_guidance / 2, 1.0)
+        return self.swap_guidance + (low - self.swap_guidance) * step / max(num_steps - 1, 1)
 
 
 def contrasted_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, contrast: float,
@@ -78,6 +94,11 @@ def contrasted_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
         mean = p.mean(dim=-1, keepdim=True)
         out[:, :, first:first + rows] = ((p - mean) * contrast + mean).clamp_(0.0, 1.0) @ vh
     return out.transpose(1, 2).reshape(s, n, c).to(q.dtype)
+
+
+def swap_guided(no_swap: torch.Tensor, swap: torch.Tensor, strength: float) -> torch.Tensor:
+    """no_swap + strength * (swap - no_swap): predictions of any shape, the same for both."""
+    return no_swap + strength * (swap - no_swap)
 
 
 def latent_adain(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """P2P Appearance Transfer through ComfyUI's own executor (tiny random SD1.5-shaped model): the two pictures retrace
-their inversions, without the swap the output is the structure picture, the swap changes it, bad inputs name the
-input."""
+their inversions, without the swap the output is the structure picture, the swap changes it, swap guidance pushes
+it further, bad inputs name the input."""
 
 from typing import Any
 
@@ -12,8 +12,10 @@ from tools.graph import Graph
 from tools.host import HostError
 
 STEPS = 4
-DEFAULTS = {"sampler_name": "euler", "start": 0.1, "end": 0.9, "end_half": 0.7, "contrast": 1.67, "adain_start": 0.2}
+DEFAULTS = {"sampler_name": "euler", "start": 0.1, "end": 0.9, "end_half": 0.7, "contrast": 1.67, "adain_start": 0.2,
+            "swap_guidance": 3.5}
 NO_SWAP = {"start": 0.0, "end": 0.0, "end_half": 0.0, "adain_start": 1.0}
+ADAIN_ALONE = {"start": 0.0, "end": 0.0, "end_half": 0.0}
 
 
 def transfer_graph(appearance_size=128, appearance_steps=STEPS, **inputs):
@@ -46,7 +48,8 @@ def _ends(out, model):
 def runs(host):
     """The default transfer and the one without swap and AdaIN, with the inversions and the model."""
     out = {}
-    for key, inputs in (("default", {}), ("no_swap", NO_SWAP), ("contrast_1", {"contrast": 1.0})):
+    for key, inputs in (("default", {}), ("no_swap", NO_SWAP), ("contrast_1", {"contrast": 1.0}),
+                        ("adain_alone", ADAIN_ALONE), ("unguided", {"swap_guidance": 1.0})):
         out[key] = host.run(transfer_graph(**inputs).prompt(), keep=("transfer", "structure", "appearance", "loader"))
     return out
 
@@ -73,6 +76,16 @@ def test_the_swap_and_its_contrast_change_the_output(runs):
     outputs = {key: runs[key]["transfer"][0]["samples"][0] for key in runs}
     assert relative_error(outputs["default"], outputs["no_swap"]) > 1e-3
     assert relative_error(outputs["default"], outputs["contrast_1"]) > 1e-4
+
+
+def test_swap_guidance_pushes_the_output_further_from_its_unswapped_run(runs):
+    """Guidance 3.5 extrapolates each swap step's prediction away from the prediction without the swap, so the
+    output lands further from the run that never swaps (AdaIN alike in both) than the unguided swap does; the two
+    retraced pictures are the same bit for bit."""
+    outputs = {key: runs[key]["transfer"][1]["samples"] for key in runs}
+    unswapped = outputs["adain_alone"][0]
+    assert relative_error(outputs["default"][0], unswapped) > 1.2 * relative_error(outputs["unguided"][0], unswapped)
+    assert torch.equal(outputs["default"][1:], outputs["unguided"][1:])
 
 
 @pytest.mark.parametrize("inputs, name, message", [

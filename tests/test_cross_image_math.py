@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from p2p import P2PError
-from p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain
+from p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain, swap_guided
 
 HEADS = 2
 
@@ -66,7 +66,30 @@ def test_the_windows_are_the_papers_per_layer_size():
     assert spec.window(4) is None
 
 
+def test_swap_guidance_falls_as_the_papers_code_has_it_within_the_swap_steps():
+    """The paper's code: strengths np.linspace(g, max(g / 2, 1), steps)[i] in its cross-image steps 10-90 of 100,
+    1 (the swapped prediction alone) outside them."""
+    spec, steps = AppearanceSpec(), 100
+    linspace = torch.linspace(3.5, 1.75, steps, dtype=torch.float64)
+    strengths = [spec.swap_strength(i, steps) for i in range(steps)]
+    assert strengths[:10] == [1.0] * 10 and strengths[90:] == [1.0] * 10
+    torch.testing.assert_close(torch.tensor(strengths[10:90], dtype=torch.float64), linspace[10:90])
+    # the window is the union of the two layer sizes' windows
+    assert AppearanceSpec(end=0.5, end_half=0.8).swap_strength(75, steps) > 1.0
+    assert all(AppearanceSpec(swap_guidance=1.0).swap_strength(i, steps) == 1.0 for i in range(steps))
+    assert AppearanceSpec(swap_guidance=1.5).swap_strength(89, steps) == pytest.approx(1.5 - 0.5 * 89 / 99)
+
+
+def test_swap_guided_extrapolates_from_the_prediction_without_the_swap():
+    g = torch.Generator().manual_seed(4)
+    no_swap, swap = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    assert torch.equal(swap_guided(no_swap, swap, 0.0), no_swap)
+    torch.testing.assert_close(swap_guided(no_swap, swap, 1.0), swap)
+    torch.testing.assert_close(swap_guided(no_swap, swap, 3.5) - no_swap, 3.5 * (swap - no_swap))
+
+
 @pytest.mark.parametrize("changes, field", [
+    ({"swap_guidance": 0.5}, "swap_guidance"), ({"swap_guidance": math.inf}, "swap_guidance"),
     ({"start": -0.1}, "start"), ({"end": math.nan}, "end"), ({"start": 0.5, "end": 0.4}, "end"),
     ({"start": 0.8}, "end_half"), ({"contrast": 0.5}, "contrast"), ({"adain_start": 2.0}, "adain_start"),
 ])

@@ -8,10 +8,12 @@ input definitions, so the files follow the nodes when inputs change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+from p2p.cross_image import AppearanceSpec
 from shapes_demo.autoencoder import PICTURE_SIZE as DEMO_SIZE
 
 from .graph import Graph
@@ -559,7 +561,9 @@ Copy `p2p_demo_scene.png` and `p2p_demo_appearance.png` from the pack's `example
 ComfyUI's `input/` folder. The saved batch shows the output, then the two pictures as the run retraced them.
 
 On the demo model the look moves little (MODEL.md measures it); the method is made for large models such as
-SD1.5 and SDXL, where the self-attention of two pictures of one kind of object corresponds.
+SD1.5 and SDXL, where the self-attention of two pictures of one kind of object corresponds. *swap_guidance*
+is 1 (off) here: on the demo model it costs layout and moves no colour; 3.5, the node's default, is the
+paper's setting for real checkpoints.
 """
 
 TRANSFER_SCENE = "p2p_demo_appearance.png"
@@ -582,10 +586,11 @@ def _demo_appearance_transfer() -> tuple[Graph, dict, list, dict]:
         positions |= {f"{name}_image": (380, 40 + 560 * row), name: (720, 40 + 560 * row)}
         sizes |= {f"{name}_image": (300, 340), name: (400, 520)}
     positive = g.node("CLIPTextEncode", "positive", title="Prompt", clip=model.out(1), text=TRANSFER_PROMPT)
+    # the node's defaults, but swap guidance off: on the demo model it costs layout and moves no colour (MODEL.md)
+    settings: dict[str, Any] = dataclasses.asdict(AppearanceSpec(swap_guidance=1.0))
     transfer = g.node("P2PAppearanceTransfer", "transfer", model=model.out(0), structure=inversions["structure"],
                       appearance=inversions["appearance"], positive=positive,
-                      negative=neg, sampler_name="euler", start=0.1, end=0.9, end_half=0.7, contrast=1.67,
-                      adain_start=0.2)
+                      negative=neg, sampler_name="euler", **settings)
     decode = g.node("VAEDecode", "decode", samples=transfer.out(1), vae=model.out(2))
     scale = g.node("ImageScaleBy", "scale", image=decode, upscale_method="nearest-exact", scale_by=DEMO_VIEW_SCALE)
     g.node("SaveImage", "save", images=scale, filename_prefix="p2p_demo_appearance_transfer")
