@@ -1,6 +1,6 @@
-"""The demo model v2's autoencoder: reconstruction, latent statistics, and how much colours share a place.
+"""A latent demo model's autoencoder: reconstruction, latent statistics, and how much colours share a place.
 
-    .venv/bin/python -m bench.autoencoder [--weights FILE] [--scenes 64]
+    .venv/bin/python -m bench.autoencoder [--model v2|v3] [--weights FILE] [--scenes 64]
 
 Reconstruction PSNR of held-out scenes (pictures in -1..1, peak-to-peak 2); each latent channel's mean and
 standard deviation; the coverage channel's error; and, per background, the cosine between the latents of
@@ -22,13 +22,16 @@ from .machine import describe
 
 
 def main() -> None:
-    from shapes_demo.autoencoder import AUTOENCODER, PICTURE_SIZE, PRESENCE, build_autoencoder, scene_batch
+    from shapes_demo.autoencoder import PRESENCE, SHAPES, build_autoencoder, scene_batch
     from shapes_demo.world import BACKGROUNDS, COLORS, Obj, Scene, render
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=AUTOENCODER)
+    parser.add_argument("--model", choices=tuple(SHAPES), default="v2")
+    parser.add_argument("--weights", type=Path, help="default: the model's autoencoder file")
     parser.add_argument("--scenes", type=int, default=64)
     args = parser.parse_args()
+    shape = SHAPES[args.model]
+    args.weights = args.weights or shape.file
     torch.set_num_threads(2)
     from tools.host import import_comfy
 
@@ -37,13 +40,13 @@ def main() -> None:
 
     model = build_autoencoder(load_file(str(args.weights))).eval()
     with torch.inference_mode():
-        x, presence, _ = scene_batch(999_999, args.scenes)  # seeds the training never drew
-        z = model.taesd_encoder(x * 0.5 + 0.5)  # [B, 4, 8, 8]
+        x, presence, _ = scene_batch(999_999, args.scenes, shape)  # seeds the training never drew
+        z = model.taesd_encoder(x * 0.5 + 0.5)  # [B, 4, S/8, S/8]
         y = model.taesd_decoder(z) * 2 - 1
         psnr = 10 * np.log10(4 / ((y - x) ** 2).mean(dim=(1, 2, 3)).numpy())
 
         def latent(scene: Scene) -> torch.Tensor:
-            image, _ = render(scene, supersample=2, size=PICTURE_SIZE)
+            image, _ = render(scene, supersample=2, size=shape.picture_size)
             return model.taesd_encoder(torch.from_numpy(image).permute(2, 0, 1)[None]).flatten()
 
         cosines = {}
@@ -56,8 +59,8 @@ def main() -> None:
                 pairs.append(torch.nn.functional.cosine_similarity(a, b, dim=0).item())
             cosines[background] = pairs
 
-    print(f"\nAutoencoder {args.weights.name}: {args.scenes} held-out scenes, {PICTURE_SIZE}x{PICTURE_SIZE}; "
-          f"machine: {describe()}\n")
+    size = shape.picture_size
+    print(f"\nAutoencoder {args.weights.name}: {args.scenes} held-out scenes, {size}x{size}; machine: {describe()}\n")
     print(f"reconstruction PSNR: median {np.median(psnr):.1f} dB, worst {psnr.min():.1f} dB")
     means, stds = (" ".join(f"{v:.2f}" for v in t.tolist()) for t in (z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))))
     print(f"latent channels: means {means}; standard deviations {stds}")

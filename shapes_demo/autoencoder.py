@@ -1,16 +1,20 @@
-"""The demo model v2's latent autoencoder: ComfyUI's TAESD architecture, 64x64 pictures to 8x8x4 latents.
+"""The latent demo models' autoencoders: ComfyUI's TAESD architecture; v2: 64x64 pictures to 8x8x4 latents,
+v3: 128x128 pictures to 16x16x4 latents.
 
 Why a latent: in pixel space the starting noise has a colour at every pixel, and the model places an object
 where the noise leans to the object's colour, so an edited colour is drawn elsewhere whatever the attention
 maps say (MODEL.md, "Where it misses"). Here channel `PRESENCE` of the latent is trained to carry the
-object's coverage of each 8x8 cell, the same for every colour, so that what places an object in the noise
+object's coverage of each latent cell, the same for every colour, so that what places an object in the noise
 is shared by all colours; the other channels are free (colour, shape, background). Every channel is
 trained to zero mean and unit variance over the world, so the diffusion model needs no latent scaling.
 
 ComfyUI loads the result natively (`comfy.sd.VAE` recognises TAESD by its keys), so VAE Encode / Decode
 and P2P Invert run unchanged.
 
-    .venv/bin/python -m shapes_demo.autoencoder [--steps 2000] [--batch 16] [--out FILE]
+    .venv/bin/python -m shapes_demo.autoencoder [--model v2|v3] [--steps N] [--batch 16] [--out FILE]
+
+v3's is v2's fine-tuned at twice the picture size (the same layers see the world at twice the scale), so it
+starts from v2's committed file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +31,41 @@ import torch
 
 from .world import render, sample_scene
 
-__all__ = ["PICTURE_SIZE", "LATENT_SIZE", "LATENT_CHANNELS", "PRESENCE", "AUTOENCODER", "build_autoencoder",
-           "presence_target", "scene_batch"]
+__all__ = ["AutoencoderShape", "SHAPES", "PICTURE_SIZE", "LATENT_SIZE", "LATENT_CHANNELS", "PRESENCE",
+           "AUTOENCODER", "build_autoencoder", "presence_target", "scene_batch"]
 
-PICTURE_SIZE = 64
-LATENT_SIZE = 8  # TAESD downsamples 8x
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class AutoencoderShape:
+    """One latent demo model's pictures and latents; TAESD downsamples 8x."""
+
+    picture_size: int
+    file: Path
+    # The world's mean and spread of a latent cell's object coverage (measured over 1024 scenes; see
+    # `presence_target`): the presence channel is the standardised coverage, like the other channels.
+    coverage_mean: float
+    coverage_std: float
+    steps: int  # training steps of its recipe
+    lr: float  # the peak learning rate
+    init_from: Path | None = None  # fine-tuned from these weights
+
+    @property
+    def latent_size(self) -> int:
+        return self.picture_size // 8
+
+
+V2 = AutoencoderShape(64, WEIGHTS_DIR / "p2p_shapes_demo_v2_vae.safetensors", 0.10, 0.25, steps=2000, lr=1e-3)
+# fine-tuning: at v2's 1e-3 the reconstruction fell from 30 to 25 dB in the first 150 steps
+V3 = AutoencoderShape(128, WEIGHTS_DIR / "p2p_shapes_demo_v3_vae.safetensors", 0.10, 0.27, steps=600, lr=2e-4,
+                      init_from=V2.file)
+SHAPES = {"v2": V2, "v3": V3}
+# the committed model's (P2P Demo Model's): v2
+PICTURE_SIZE, LATENT_SIZE, AUTOENCODER = V2.picture_size, V2.latent_size, V2.file
 LATENT_CHANNELS = 4
 PRESENCE = 0  # the latent channel that carries object coverage
-# The world's mean and spread of an 8x8 cell's object coverage (measured over 1024 scenes; see
-# `presence_target`): the presence channel is the standardised coverage, like the other channels.
-COVERAGE_MEAN, COVERAGE_STD = 0.10, 0.25
-SUPERSAMPLE = 2  # 128x128 samples per 64x64 picture
-AUTOENCODER = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2_vae.safetensors"
+SUPERSAMPLE = 2  # 2x2 samples per pixel
 
 
 def build_autoencoder(state: dict | None = None):
@@ -50,23 +78,24 @@ def build_autoencoder(state: dict | None = None):
     return model
 
 
-def presence_target(masks: list[np.ndarray], side: int = LATENT_SIZE) -> np.ndarray:
-    """[side, side] standardised coverage of each cell by any object; masks [S, S] bool each."""
+def presence_target(masks: list[np.ndarray], shape: AutoencoderShape = V2) -> np.ndarray:
+    """[side, side] standardised coverage of each latent cell by any object; masks [S, S] bool each."""
     union = np.logical_or.reduce(masks)
+    side = shape.latent_size
     pool = union.shape[0] // side
     cover = union.reshape(side, pool, side, pool).mean(axis=(1, 3))
-    return ((cover - COVERAGE_MEAN) / COVERAGE_STD).astype(np.float32)
+    return ((cover - shape.coverage_mean) / shape.coverage_std).astype(np.float32)
 
 
-def scene_batch(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """pictures [B, 3, 64, 64] in -1..1, presence targets [B, 8, 8], and each row's (scene, masks)."""
+def scene_batch(seed: int, size: int, shape: AutoencoderShape = V2) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """pictures [B, 3, S, S] in -1..1, presence targets [B, S/8, S/8], and each row's (scene, masks)."""
     rng = random.Random(seed)
     images, targets, truth = [], [], []
     for _ in range(size):
         scene = sample_scene(rng)
-        image, masks = render(scene, supersample=SUPERSAMPLE, size=PICTURE_SIZE)
+        image, masks = render(scene, supersample=SUPERSAMPLE, size=shape.picture_size)
         images.append(image)
-        targets.append(presence_target(masks))
+        targets.append(presence_target(masks, shape))
         truth.append((scene, masks))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
     return x.contiguous(), torch.from_numpy(np.stack(targets)), truth
@@ -84,17 +113,22 @@ def _init(module: torch.nn.Module, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--model", choices=tuple(SHAPES), default="v2")
+    parser.add_argument("--steps", type=int, help="default: the model's recipe")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, help="default: the model's recipe")
     parser.add_argument("--presence-weight", type=float, default=0.2)
     parser.add_argument("--moment-weight", type=float, default=0.05)
     parser.add_argument("--latent-noise", type=float, default=0.05,
                         help="std of noise added to latents before decoding: the decoder must accept the "
                              "diffusion model's slightly-off latents")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=AUTOENCODER)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    shape = SHAPES[args.model]
+    args.steps = args.steps or shape.steps
+    args.lr = args.lr or shape.lr
+    args.out = args.out or shape.file
 
     torch.set_num_threads(args.threads)
     from tools.host import import_comfy
@@ -105,8 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     from .train import native_bf16
 
     bf16 = native_bf16()
-    model = build_autoencoder()
-    _init(model, seed=0)
+    if shape.init_from is not None:
+        from safetensors.torch import load_file
+
+        model = build_autoencoder(load_file(str(shape.init_from)))
+    else:
+        model = build_autoencoder()
+        _init(model, seed=0)
     encoder, decoder = model.taesd_encoder, model.taesd_decoder
     params = list(encoder.parameters()) + list(decoder.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr)
@@ -128,15 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator().manual_seed(3)
     started, logs = time.perf_counter(), []
     for step in range(first, args.steps):
-        x, presence, _ = scene_batch(7_000_003 * step + 11, args.batch)
+        x, presence, _ = scene_batch(7_000_003 * step + 11, args.batch, shape)
         gen.manual_seed(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            z = encoder(x * 0.5 + 0.5).float()  # [B, 4, 8, 8]; TAESD's encoder takes 0..1
+            z = encoder(x * 0.5 + 0.5).float()  # [B, 4, S/8, S/8]; TAESD's encoder takes 0..1
             noisy = z + args.latent_noise * torch.randn(z.shape, generator=gen)
-            y = decoder(noisy).float() * 2 - 1  # [B, 3, 64, 64]
+            y = decoder(noisy).float() * 2 - 1  # [B, 3, S, S]
         reconstruction = ((y - x) ** 2).mean()
         presence_error = ((z[:, PRESENCE] - presence) ** 2).mean()
-        free = torch.cat([z[:, :PRESENCE], z[:, PRESENCE + 1:]], 1)  # [B, 3, 8, 8]
+        free = torch.cat([z[:, :PRESENCE], z[:, PRESENCE + 1:]], 1)  # [B, 3, S/8, S/8]
         mean, std = free.mean(dim=(0, 2, 3)), free.std(dim=(0, 2, 3))
         moments = (mean ** 2).mean() + ((std - 1) ** 2).mean()
         loss = reconstruction + args.presence_weight * presence_error + args.moment_weight * moments
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "step": step + 1}, checkpoint)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out), metadata={"steps": str(args.steps), "batch": str(args.batch)})
+    save_file(state, str(args.out), metadata={"steps": str(args.steps), "batch": str(args.batch), "model": args.model})
     print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) after "
           f"{(time.perf_counter() - started) / 60:.1f} min")
 

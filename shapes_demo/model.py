@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "V1_WEIGHTS", "build_model", "build_clip",
-           "build_vae", "load"]
+__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "V1_WEIGHTS", "V3_WEIGHTS", "build_model",
+           "build_clip", "build_vae", "load"]
 
 IMAGE_SIZE = 32
 # the committed model, which P2P Demo Model loads: v2 (issue #21, `model_v2`); v1 is issue #3's pixel-space
 # model, rebuilt by `python -m shapes_demo.train --model v1` (its weights are no longer committed)
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
 V1_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo.safetensors")
+V3_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo_v3.safetensors")  # issue #21's 16x16-latent model, in training
 
 UNET_CONFIG = {
     "use_checkpoint": False,
@@ -136,8 +137,10 @@ def split_state(state: dict, prefixes: tuple[str, ...] = ("unet", "text")) -> tu
 
 
 def load(path: Path = WEIGHTS):
-    """(MODEL, CLIP, VAE) of a trained demo model: the pixel-space v1, or the latent v2 when the file holds
-    its autoencoder ("vae." keys)."""
+    """(MODEL, CLIP, VAE) of a trained demo model: the pixel-space v1, or a latent model (v2, v3) when the file
+    holds its autoencoder ("vae." keys); v2 and v3 share their layers and differ in the latent size the
+    training wrote in the file's metadata."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -146,5 +149,7 @@ def load(path: Path = WEIGHTS):
     if vae:
         from . import model_v2
 
-        return model_v2.build_model(unet), build_clip(text), build_vae(vae)
+        with safe_open(str(path), "pt") as f:
+            version = (f.metadata() or {}).get("model", "v2")
+        return model_v2.build_model(unet, model_v2.UNET_CONFIGS[version]), build_clip(text), build_vae(vae)
     return build_model(unet), build_clip(text), build_vae()

@@ -1,4 +1,5 @@
 """Demo model v2 (issue #21, the committed model): a latent model with attention at every resolution.
+v3 (issue #21, in training) is the same UNet on the 16x16 latents of 128x128 pictures.
 
 * VAE: ComfyUI's TAESD architecture trained on the world (`shapes_demo.autoencoder`): 64x64 pictures,
   8x8x4 latents whose channel 0 carries object coverage for every colour alike.
@@ -10,9 +11,9 @@
 from __future__ import annotations
 
 from . import model as demo
-from .autoencoder import LATENT_CHANNELS, LATENT_SIZE
+from .autoencoder import LATENT_CHANNELS, LATENT_SIZE, V3
 
-__all__ = ["UNET_CONFIG", "model_config", "build_model"]
+__all__ = ["UNET_CONFIG", "UNET_CONFIGS", "model_config", "build_model"]
 
 UNET_CONFIG = {  # v1's, with these differences
     **demo.UNET_CONFIG,
@@ -23,12 +24,14 @@ UNET_CONFIG = {  # v1's, with these differences
     "transformer_depth": [1, 1, 1, 1, 1, 1],  # per input res-block: attention at 8x8, 4x4 and 2x2
     "transformer_depth_output": [1] * 9,  # per output block, from the finest level up
 }
+# v3: the same layers (the same weights fit), attending at 16x16, 8x8 and 4x4
+UNET_CONFIGS = {"v2": UNET_CONFIG, "v3": {**UNET_CONFIG, "image_size": V3.latent_size}}
 
 
-def model_config():
-    return demo.model_config(UNET_CONFIG, pixel_space=False)
+def model_config(unet_config: dict = UNET_CONFIG):
+    return demo.model_config(unet_config, pixel_space=False)
 
 
-def build_model(unet_state: dict | None = None):
-    """v2's UNet as a ComfyUI MODEL (ModelPatcher); weights from `unet_state` if given."""
-    return demo.build_model(unet_state, UNET_CONFIG, pixel_space=False)
+def build_model(unet_state: dict | None = None, unet_config: dict = UNET_CONFIG):
+    """v2's (or v3's) UNet as a ComfyUI MODEL (ModelPatcher); weights from `unet_state` if given."""
+    return demo.build_model(unet_state, unet_config, pixel_space=False)

@@ -1,6 +1,6 @@
 """Train the demo model on the shapes world.
 
-    .venv/bin/python -m shapes_demo.train [--model v1|v2] [--steps N] [--grounding-steps N] [--batch N]
+    .venv/bin/python -m shapes_demo.train [--model v1|v2|v3] [--steps N] [--grounding-steps N] [--batch N]
         [--precision auto|bf16|fp32] [--out FILE] [--init-from FILE] [--pool N] [--autoencoder FILE]
 
 `--model v1` (the default): the 32x32 pixel-space model, 3600 + 1500 steps of batch 32. `--model v2` (issue
@@ -8,7 +8,9 @@
 its file exists), a pool of 60000 encoded scenes (`shapes_demo.latent_pool`, cached next to the output), then
 8000 + 2000 steps of batch 64 on latents drawn from the pool, training only the rows of the world's words in
 the text encoder's embedding table. v2's checkpoint (`*.checkpoint.pt`, 16-bit) is small enough to commit, so
-a run can be split over several working sessions.
+a run can be split over several working sessions. `--model v3` (issue #21): v2 fine-tuned to 16x16 latents of
+128x128 pictures: the autoencoder fine-tuned from v2's (`--model v3` of `shapes_demo.autoencoder`), a pool of
+30000 scenes, then UNet and text encoder from v2's committed weights, 3000 + 1000 steps at lr 5e-4.
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
@@ -42,14 +44,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import latent_pool
 from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
-from .model import TEXT_CONFIG, V1_WEIGHTS, WEIGHTS
+from .model import TEXT_CONFIG, V1_WEIGHTS, V3_WEIGHTS, WEIGHTS
 from .text_encoder import TextEncoder
 from .world import SIZE, render, sample_scene, world_vocabulary
 
 EMPTY_CAPTION_RATE = 0.1
-RECIPES = {  # the committed runs' settings (MODEL.md)
-    "v1": {"steps": 3600, "grounding_steps": 1500, "batch": 32, "pool": 0},
-    "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000},
+RECIPES = {  # the runs' settings (MODEL.md)
+    "v1": {"steps": 3600, "grounding_steps": 1500, "batch": 32, "pool": 0, "lr": 1e-3, "out": V1_WEIGHTS},
+    "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000, "lr": 1e-3, "out": WEIGHTS},
+    "v3": {"steps": 3000, "grounding_steps": 1000, "batch": 64, "pool": 30_000, "lr": 5e-4, "out": V3_WEIGHTS,
+           "init_from": WEIGHTS},
 }
 MIN_SNR_GAMMA = 5.0
 
@@ -154,7 +158,7 @@ def main() -> None:
     parser.add_argument("--grounding-lr", type=float, default=5e-4)
     parser.add_argument("--grounding-weight", type=float, default=0.01)
     parser.add_argument("--batch", type=int)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float)
     parser.add_argument("--embed-std", type=float, default=1.0, help="initial std of the token embeddings")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.999)
@@ -163,12 +167,13 @@ def main() -> None:
                         help="bf16: bfloat16 autocast with float32 weights, 1.9x faster than fp32 on CPUs with native "
                              "bfloat16 (AVX512-BF16 or AMX) and about 17x slower on CPUs without (AVX2 only); auto "
                              "picks bf16 where the CPU has it. The two give different (equally deterministic) weights")
-    parser.add_argument("--model", choices=("v1", "v2"), default="v1",
+    parser.add_argument("--model", choices=tuple(RECIPES), default="v1",
                         help="v1: the 32x32 pixel-space model; v2: the latent model (64x64 pictures through the "
-                             "autoencoder `python -m shapes_demo.autoencoder` trains; issue #21)")
-    parser.add_argument("--pool", type=int, help="v2: scenes encoded once and drawn from")
-    parser.add_argument("--autoencoder", type=Path, help="v2's autoencoder (default: the one "
-                        "`python -m shapes_demo.autoencoder` writes)")
+                             "autoencoder `python -m shapes_demo.autoencoder` trains; issue #21); v3: v2 fine-tuned "
+                             "to 128x128 pictures and 16x16 latents")
+    parser.add_argument("--pool", type=int, help="latent models: scenes encoded once and drawn from")
+    parser.add_argument("--autoencoder", type=Path, help="a latent model's autoencoder (default: the one "
+                        "`python -m shapes_demo.autoencoder --model MODEL` writes)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init-from", type=Path,
                         help="start from these weights (a file this script wrote) instead of a random initialisation")
@@ -190,32 +195,33 @@ def main() -> None:
     from . import model_v2
     from .model import build_clip, build_model, model_config, split_state, token_ids, word_token_count
 
-    v2 = args.model == "v2"
-    if args.out is None:
-        args.out = WEIGHTS if v2 else V1_WEIGHTS
+    latent = args.model != "v1"  # v2, v3
     autoencoder_state, pool = {}, None
-    if v2:
+    if latent:
         from safetensors.torch import load_file
 
-        from .autoencoder import AUTOENCODER, PICTURE_SIZE, SUPERSAMPLE, build_autoencoder
+        from .autoencoder import SHAPES, SUPERSAMPLE, build_autoencoder
         from .autoencoder import main as train_autoencoder
 
-        autoencoder = args.autoencoder or AUTOENCODER
+        shape = SHAPES[args.model]
+        autoencoder = args.autoencoder or shape.file
         if not autoencoder.is_file():  # phase 0: the autoencoder, with its own defaults
             print(f"no autoencoder at {autoencoder}: training it first", flush=True)
-            train_autoencoder(["--out", str(autoencoder), "--threads", str(args.threads)])
+            train_autoencoder(["--model", args.model, "--out", str(autoencoder), "--threads", str(args.threads)])
         autoencoder_state = load_file(str(autoencoder))
         encoder = build_autoencoder(autoencoder_state).taesd_encoder.requires_grad_(False).eval()
 
-        def encode(pictures: torch.Tensor) -> torch.Tensor:  # [B, 3, 64, 64] in -1..1 -> [B, 4, 8, 8]
+        def encode(pictures: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in -1..1 -> [B, 4, S/8, S/8]
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return encoder(pictures * 0.5 + 0.5).float()
 
-        build_model, model_config = model_v2.build_model, model_v2.model_config
+        unet_config = model_v2.UNET_CONFIGS[args.model]
+        build_model = functools.partial(model_v2.build_model, unet_config=unet_config)
+        model_config = functools.partial(model_v2.model_config, unet_config)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pool = latent_pool.load_or_build(
             args.out.with_suffix(".pool.pt"), args.pool, encode, autoencoder,
-            picture_size=PICTURE_SIZE, supersample=SUPERSAMPLE, side=model_v2.UNET_CONFIG["image_size"])
+            picture_size=shape.picture_size, supersample=SUPERSAMPLE, side=shape.latent_size)
         print(f"latent pool: {len(pool)} scenes", flush=True)
 
     patcher = build_model()
@@ -224,8 +230,8 @@ def main() -> None:
     clip = build_clip()
     clip_config = Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json"
     text_config = {**json.loads(clip_config.read_text()), **TEXT_CONFIG}
-    # v2 trains only the rows of the world's words (a small table; the full one stays as initialised)
-    text = TextEncoder(text_config, vocabulary=token_ids(clip, world_vocabulary()) if v2 else None)
+    # a latent model trains only the rows of the world's words (a small table; the full one stays as initialised)
+    text = TextEncoder(text_config, vocabulary=token_ids(clip, world_vocabulary()) if latent else None)
     torch.manual_seed(1)
     for p in text.parameters():  # CLIP-like: small normal weights, unit norms
         torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
@@ -269,9 +275,9 @@ def main() -> None:
     recorder = AttentionRecorder(unet)  # after the copies: the averaged UNet is never run, so needs no hooks
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    # v2's checkpoint is compact (half-precision copies, 1/2 the size) and not git-ignored: a run longer than one
-    # working session is resumed from the repository (issue #21)
-    checkpoint = args.out.with_suffix(".checkpoint.pt" if v2 else ".resume.pt")
+    # a latent model's checkpoint is compact (half-precision copies, 1/2 the size) and not git-ignored: a run longer
+    # than one working session is resumed from the repository (issue #21)
+    checkpoint = args.out.with_suffix(".checkpoint.pt" if latent else ".resume.pt")
     first = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -349,7 +355,7 @@ def main() -> None:
             resume = {"unet": unet.state_dict(), "text": trained_state(text), "ema_unet": ema_unet.state_dict(),
                       "ema_text": trained_state(ema_text), "optimizer": optimizer.state_dict(),
                       "schedule": schedule.state_dict(), "step": step + 1}
-            torch.save(halved(resume) if v2 else resume, checkpoint)
+            torch.save(halved(resume) if latent else resume, checkpoint)
             if step + 1 < total:  # the averaged weights so far, for measuring a run while it trains
                 save_weights(args.out.with_suffix(".snapshot.safetensors"), step + 1)
 

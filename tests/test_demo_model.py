@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from shapes_demo import metrics
@@ -249,13 +250,16 @@ def test_text_encoder_trained_rows_reach_comfyui(host):
     torch.testing.assert_close(ours, clip.encode_from_tokens(tokens), rtol=1e-4, atol=1e-4)
 
 
-def test_autoencoder_is_a_comfyui_taesd(host):
-    """v2's autoencoder state loads into ComfyUI's VAE as TAESD (4 channels, 8x downscale), and ComfyUI's VAE
-    Encode gives the latents the training pipeline computes with the bare encoder."""
+@pytest.mark.parametrize("model", ["v2", "v3"])
+def test_autoencoder_is_a_comfyui_taesd(host, model):
+    """A latent model's autoencoder state loads into ComfyUI's VAE as TAESD (4 channels, 8x downscale), and
+    ComfyUI's VAE Encode gives the latents the training pipeline computes with the bare encoder, at the model's
+    picture and latent sizes (v2: 64 -> 8, v3: 128 -> 16)."""
     import comfy.sd
 
-    from shapes_demo.autoencoder import LATENT_CHANNELS, PICTURE_SIZE, build_autoencoder, scene_batch
+    from shapes_demo.autoencoder import LATENT_CHANNELS, SHAPES, build_autoencoder, scene_batch
 
+    shape = SHAPES[model]
     module = build_autoencoder()
     torch.manual_seed(0)
     for p in module.parameters():
@@ -265,12 +269,30 @@ def test_autoencoder_is_a_comfyui_taesd(host):
         module.vae_shift.fill_(0.0)
     vae = comfy.sd.VAE(sd=module.state_dict())
     assert vae.latent_channels == LATENT_CHANNELS and vae.spacial_compression_encode() == 8
-    pictures, presence, _ = scene_batch(0, 2)  # [2, 3, 64, 64] in -1..1
-    assert pictures.shape == (2, 3, PICTURE_SIZE, PICTURE_SIZE) and presence.shape == (2, 8, 8)
+    pictures, presence, _ = scene_batch(0, 2, shape)  # [2, 3, S, S] in -1..1
+    side = shape.latent_size
+    assert pictures.shape == (2, 3, shape.picture_size, shape.picture_size) and presence.shape == (2, side, side)
     with torch.inference_mode():
         ours = module.taesd_encoder(pictures * 0.5 + 0.5)
         theirs = vae.encode(pictures.permute(0, 2, 3, 1) * 0.5 + 0.5)  # VAE Encode takes [B, H, W, 3] in 0..1
+    assert ours.shape == (2, LATENT_CHANNELS, side, side)
     torch.testing.assert_close(theirs.float(), ours, rtol=1e-4, atol=1e-4)
+
+
+def test_a_weights_file_names_its_latent_size(host, tmp_path):
+    """v2 and v3 share their layers; `load` builds the UNet configuration the file's metadata names (v2 when it
+    names none, as the committed file was written before v3)."""
+    from safetensors.torch import load_file, save_file
+
+    from shapes_demo.model import WEIGHTS, load
+
+    state = load_file(str(WEIGHTS))
+    sizes = {}
+    for name, metadata in (("v3", {"model": "v3"}), ("unnamed", None)):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, str(path), metadata=metadata)
+        sizes[name] = load(path)[0].model.model_config.unet_config["image_size"]
+    assert sizes == {"v3": 16, "unnamed": 8}
 
 
 def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(host):
@@ -298,14 +320,19 @@ def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(ho
             assert all(np.array_equal(a, b) for a, b in zip(from_masks, from_shares, strict=True))
 
 
-def test_v2_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, host):
-    """The latent model's recipe at toy size: the autoencoder trains, the diffusion phases train on a pool of
-    its latents, the weights load as ComfyUI parts (TAESD VAE, 4-channel UNet), and a second run resumes from
-    the compact (16-bit) checkpoint."""
+@pytest.mark.parametrize("model", ["v2", "v3"])
+def test_latent_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, host, model):
+    """A latent model's recipe at toy size: the autoencoder trains, the diffusion phases train on a pool of
+    its latents, the weights load as ComfyUI parts (TAESD VAE, 4-channel UNet at the model's latent size), and
+    a second run resumes from the compact (16-bit) checkpoint. v3 starts from v2's committed weights (three
+    warm-up steps leave it there); v2 from a random initialisation (far from them)."""
     import subprocess
     import sys
 
-    from shapes_demo.model import load
+    from safetensors.torch import load_file
+
+    from shapes_demo.autoencoder import SHAPES
+    from shapes_demo.model import WEIGHTS, load, split_state
 
     def run(module: str, *args: str) -> subprocess.CompletedProcess:
         done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
@@ -314,14 +341,18 @@ def test_v2_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, hos
         return done
 
     autoencoder = tmp_path / "vae.safetensors"
-    run("shapes_demo.autoencoder", "--steps", "2", "--batch", "2", "--out", str(autoencoder))
-    out = tmp_path / "v2.safetensors"
-    tiny = ("--model", "v2", "--autoencoder", str(autoencoder), "--pool", "8", "--batch", "4", "--steps", "2",
+    run("shapes_demo.autoencoder", "--model", model, "--steps", "2", "--batch", "2", "--out", str(autoencoder))
+    out = tmp_path / f"{model}.safetensors"
+    tiny = ("--model", model, "--autoencoder", str(autoencoder), "--pool", "8", "--batch", "4", "--steps", "2",
             "--grounding-steps", "1", "--precision", "fp32", "--out", str(out))
     run("shapes_demo.train", *tiny)
-    model, clip, vae = load(out)
-    assert model.model.latent_format.latent_channels == 4 and vae.spacial_compression_decode() == 8
-    assert all(torch.isfinite(p).all() for p in model.model.diffusion_model.parameters())
+    unet, _, vae = load(out)
+    assert unet.model.latent_format.latent_channels == 4 and vae.spacial_compression_decode() == 8
+    assert unet.model.model_config.unet_config["image_size"] == SHAPES[model].latent_size
+    assert all(torch.isfinite(p).all() for p in unet.model.diffusion_model.parameters())
+    (trained,), (committed,) = (split_state(load_file(str(f)), ("unet",)) for f in (out, WEIGHTS))
+    moved = max((trained[k] - committed[k]).abs().max().item() for k in committed)
+    assert (moved < 1e-2) if model == "v3" else (moved > 0.1)
     checkpoint = torch.load(out.with_suffix(".checkpoint.pt"), weights_only=False)
     assert {v.dtype for v in checkpoint["unet"].values()} == {torch.float16}
     states = list(checkpoint["optimizer"]["state"].values())
