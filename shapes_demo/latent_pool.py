@@ -11,9 +11,13 @@ autoencoder; it is cached on disk next to the run's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,24 +49,35 @@ class LatentPool:
         return self.latents.shape[0]
 
 
-def build(count: int, encode, picture_size: int, supersample: int, side: int) -> LatentPool:
-    """Render and encode scenes 0..count-1; `encode` maps pictures [B, 3, S, S] in -1..1 to latents."""
+def rendered(i: int, picture_size: int, supersample: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene i's picture [S, S, 3] in 0..1 and each object's share of each latent cell [MAX_OBJECTS, side, side]."""
+    image, masks = render(pool_scene(i), supersample=supersample, size=picture_size)
+    shares = np.zeros((MAX_OBJECTS, side, side), np.float16)
+    cell = picture_size // side
+    for j, mask in enumerate(masks):
+        shares[j] = mask.reshape(side, cell, side, cell).mean(axis=(1, 3))
+    return image, shares
+
+
+def build(count: int, encode, picture_size: int, supersample: int, side: int, workers: int = 1) -> LatentPool:
+    """Render and encode scenes 0..count-1; `encode` maps pictures [B, 3, S, S] in -1..1 to latents. `workers`
+    processes render (the same pool whatever their number)."""
     latents, shares = [], []
     started = time.perf_counter()
-    for first in range(0, count, CHUNK):
-        pictures, chunk_shares = [], np.zeros((min(CHUNK, count - first), MAX_OBJECTS, side, side), np.float16)
-        for row, i in enumerate(range(first, min(first + CHUNK, count))):
-            image, masks = render(pool_scene(i), supersample=supersample, size=picture_size)
-            pictures.append(image)
-            pool = picture_size // side
-            for j, mask in enumerate(masks):
-                chunk_shares[row, j] = mask.reshape(side, pool, side, pool).mean(axis=(1, 3))
-        x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2) * 2 - 1
-        latents.append(encode(x.contiguous()))
-        shares.append(torch.from_numpy(chunk_shares))
-        if (first // CHUNK) % 40 == 39:
-            print(f"encoded {first + CHUNK} of {count} scenes ({(time.perf_counter() - started) / 60:.1f} min)",
-                  flush=True)
+    render_one = functools.partial(rendered, picture_size=picture_size, supersample=supersample, side=side)
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1:
+            executor = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+            mapper = functools.partial(executor.map, chunksize=16)
+        for first in range(0, count, CHUNK):
+            pictures, chunk_shares = zip(*mapper(render_one, range(first, min(first + CHUNK, count))), strict=True)
+            x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2) * 2 - 1
+            latents.append(encode(x.contiguous()))
+            shares.append(torch.from_numpy(np.stack(chunk_shares)))
+            if (first // CHUNK) % 40 == 39:
+                print(f"encoded {first + CHUNK} of {count} scenes ({(time.perf_counter() - started) / 60:.1f} min)",
+                      flush=True)
     return LatentPool(torch.cat(latents), torch.cat(shares))
 
 

@@ -26,7 +26,7 @@ IMAGE_SIZE = 32
 # model, rebuilt by `python -m shapes_demo.train --model v1` (its weights are no longer committed)
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
 V1_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo.safetensors")
-V3_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo_v3.safetensors")  # issue #21's 16x16-latent model, in training
+V3_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo_v3.safetensors")  # issue #21's 16x16-latent model, not yet the default
 
 UNET_CONFIG = {
     "use_checkpoint": False,

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m shapes_demo.train [--model v1|v2|v3] [--steps N] [--grounding-steps N] [--batch N]
         [--precision auto|bf16|fp32] [--out FILE] [--init-from FILE] [--pool N] [--autoencoder FILE]
+        [--device cpu|cuda] [--workers N]
 
 `--model v1` (the default): the 32x32 pixel-space model, 3600 + 1500 steps of batch 32. `--model v2` (issue
 #21): the latent model, in three phases from one command: the autoencoder (`shapes_demo.autoencoder`, unless
@@ -13,13 +14,16 @@ a run can be split over several working sessions. `--model v3` (issue #21): v2 f
 30000 scenes, then UNet and text encoder from v2's committed weights, 3000 + 1000 steps at lr 5e-4.
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
-runs single-process with a fixed thread count. Trains ComfyUI's UNet (as built by `shapes_demo.model`)
-and a twin of ComfyUI's CLIP text model jointly: v-prediction on the model's noise schedule (SD1's,
-rescaled to zero terminal SNR), low-noise steps down-weighted (min-SNR style, gamma 5), AdamW with
-warm-up and cosine decay, 10% empty captions (for classifier-free guidance), bfloat16 autocast with
-float32 weights where the CPU computes bfloat16 natively, float32 elsewhere (`--precision`). Saves the
-exponential moving average of the weights, which samples better than the raw ones. Logs the loss every
-50 steps and keeps a resumable checkpoint next to the output.
+runs single-process with a fixed thread count. `--device cuda` trains on a GPU (bfloat16 autocast) with the same
+scenes and noise, drawn on the CPU; a run may move between devices at a checkpoint. `--workers` processes
+render a latent model's pool (the same pool whatever their number).
+
+Trains ComfyUI's UNet (as built by `shapes_demo.model`) and a twin of ComfyUI's CLIP text model jointly:
+v-prediction on the model's noise schedule (SD1's, rescaled to zero terminal SNR), low-noise steps
+down-weighted (min-SNR style, gamma 5), AdamW with warm-up and cosine decay, 10% empty captions (for
+classifier-free guidance), bfloat16 autocast with float32 weights where the CPU computes bfloat16 natively,
+float32 elsewhere (`--precision`). Saves the exponential moving average of the weights, which samples better
+than the raw ones. Logs the loss every 50 steps and keeps a resumable checkpoint next to the output.
 
 Two phases: `--steps` on the diffusion loss alone, then `--grounding-steps` more with the attention
 grounding loss added (`shapes_demo.grounding`: each position's cross-attention kept on the start token and
@@ -163,6 +167,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where the networks train (cpu, cuda); the noise is drawn on the CPU either way, so a run "
+                             "sees the same steps and noise on any device")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering a latent model's pool")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="bf16: bfloat16 autocast with float32 weights, 1.9x faster than fp32 on CPUs with native "
                              "bfloat16 (AVX512-BF16 or AMX) and about 17x slower on CPUs without (AVX2 only); auto "
@@ -183,7 +191,8 @@ def main() -> None:
             setattr(args, name, value)
 
     torch.set_num_threads(args.threads)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    device = torch.device(args.device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and (device.type == "cuda" or native_bf16()))
     print(f"precision: {'bfloat16 autocast' if bf16 else 'float32'}", flush=True)
     from tools.host import import_comfy
 
@@ -209,11 +218,11 @@ def main() -> None:
             print(f"no autoencoder at {autoencoder}: training it first", flush=True)
             train_autoencoder(["--model", args.model, "--out", str(autoencoder), "--threads", str(args.threads)])
         autoencoder_state = load_file(str(autoencoder))
-        encoder = build_autoencoder(autoencoder_state).taesd_encoder.requires_grad_(False).eval()
+        encoder = build_autoencoder(autoencoder_state).taesd_encoder.requires_grad_(False).eval().to(device)
 
         def encode(pictures: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in -1..1 -> [B, 4, S/8, S/8]
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return encoder(pictures * 0.5 + 0.5).float()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                return encoder(pictures.to(device) * 0.5 + 0.5).float().cpu()
 
         unet_config = model_v2.UNET_CONFIGS[args.model]
         build_model = functools.partial(model_v2.build_model, unet_config=unet_config)
@@ -221,7 +230,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pool = latent_pool.load_or_build(
             args.out.with_suffix(".pool.pt"), args.pool, encode, autoencoder,
-            picture_size=shape.picture_size, supersample=SUPERSAMPLE, side=shape.latent_size)
+            picture_size=shape.picture_size, supersample=SUPERSAMPLE, side=shape.latent_size, workers=args.workers)
+        pool = latent_pool.LatentPool(pool.latents.to(device), pool.shares)
         print(f"latent pool: {len(pool)} scenes", flush=True)
 
     patcher = build_model()
@@ -251,6 +261,8 @@ def main() -> None:
         text.load_state_dict(text_state, strict=False)
         text.reset_vocabulary()
 
+    unet.to(device)
+    text.to(device)
     tokenize, count_tokens = functools.partial(token_ids, clip), functools.partial(word_token_count, clip)
 
     sampling = comfy.model_sampling.ModelSamplingDiscrete(model_config())
@@ -258,7 +270,8 @@ def main() -> None:
     snr = alphas_cumprod / (1 - alphas_cumprod)
     # Min-SNR-style cap on the low-noise steps only; the high-noise steps, where the prompt decides colours
     # and layout, keep their full weight (the plain min-SNR weight vanishes there under zero terminal SNR).
-    loss_weight = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
+    loss_weight = (torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)).to(device)
+    alphas_cumprod = alphas_cumprod.to(device)
 
     params = [p for p in (*unet.parameters(), *text.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -280,7 +293,7 @@ def main() -> None:
     checkpoint = args.out.with_suffix(".checkpoint.pt" if latent else ".resume.pt")
     first = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         for module, key in ((unet, "unet"), (ema_unet, "ema_unet"), (optimizer, "optimizer"), (schedule, "schedule")):
             module.load_state_dict(state[key])
         for module, key in ((text, "text"), (ema_text, "ema_text")):  # without the untrained table under v2
@@ -296,8 +309,8 @@ def main() -> None:
         torch.randint(0, 1000, (args.batch,), generator=gen)
         torch.randn(latent_shape, generator=gen)
     def save_weights(path: Path, step: int) -> None:
-        state = {f"unet.{k}": v.contiguous() for k, v in ema_unet.state_dict().items()}
-        state |= {f"text.{k}": v.contiguous() for k, v in ema_text.comfy_state_dict().items()}
+        state = {f"unet.{k}": v.contiguous().cpu() for k, v in ema_unet.state_dict().items()}
+        state |= {f"text.{k}": v.contiguous().cpu() for k, v in ema_text.comfy_state_dict().items()}
         state |= {f"vae.{k}": v.contiguous() for k, v in autoencoder_state.items()}
         metadata = {"steps": str(args.steps), "grounding_steps": str(args.grounding_steps), "batch": str(args.batch),
                     "step": str(step), "model": args.model}
@@ -311,11 +324,12 @@ def main() -> None:
         else:
             x0, tokens, truth = batch_of(step, args.batch, tokenize)
         recorder.active, recorder.records = step >= args.steps, []
-        t = torch.randint(0, 1000, (args.batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        x0, tokens = x0.to(device), tokens.to(device)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel(SDPBackend.MATH):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), sdpa_kernel(SDPBackend.MATH):
             context = text(tokens)
             pred = unet(xt, t.float(), context=context).float()
         velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -323,13 +337,13 @@ def main() -> None:
         losses.append(loss.item())
         if recorder.active:
             # grounding counts where the picture shows through the noise: weight = its signal share alpha_bar
-            weight = a.view(-1) * torch.tensor([row is not None for row in truth], dtype=torch.float32)
+            weight = a.view(-1) * torch.tensor([row is not None for row in truth], dtype=torch.float32, device=device)
             rows = [None if row is None else (token_groups(row[0], count_tokens), row[1]) for row in truth]
             targets, terms = {}, []
             for probs in recorder.records:  # [B, H, N, 77], one per cross-attention layer
                 side = math.isqrt(probs.shape[2])
                 if side not in targets:
-                    targets[side] = grounding_targets(rows, side, probs.shape[3])
+                    targets[side] = tuple(x.to(device) for x in grounding_targets(rows, side, probs.shape[3]))
                 terms.append(grounding_loss(probs, *targets[side], weight))
             grounding = torch.stack(terms).mean()
             grounding_losses.append(grounding.item())

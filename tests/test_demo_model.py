@@ -296,8 +296,8 @@ def test_a_weights_file_names_its_latent_size(host, tmp_path):
 
 
 def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(host):
-    """A pool of encoded scenes is a function of its size and encoder; the cell shares it keeps give the
-    grounding loss the same targets as the full-resolution masks."""
+    """A pool of encoded scenes is a function of its size and encoder, however many processes render it; the
+    cell shares it keeps give the grounding loss the same targets as the full-resolution masks."""
     from shapes_demo.grounding import allowed_tokens, token_groups
     from shapes_demo.latent_pool import build, pool_scene
     from shapes_demo.model import build_clip, word_token_count
@@ -306,7 +306,7 @@ def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(ho
         cells = torch.nn.functional.avg_pool2d(x, 8)
         return torch.cat([cells, cells.mean(1, keepdim=True)], 1)
 
-    first, second = (build(6, encode, picture_size=64, supersample=2, side=8) for _ in range(2))
+    first, second = (build(6, encode, picture_size=64, supersample=2, side=8, workers=n) for n in (1, 2))
     assert torch.equal(first.latents, second.latents) and torch.equal(first.shares, second.shares)
     assert first.latents.shape == (6, 4, 8, 8)
     clip = build_clip()
