@@ -19,7 +19,7 @@ from ..p2p import P2PError
 from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
 from ..p2p.joint import fused_lse_agrees
 from ..p2p.schedule import sigma_after
-from ..p2p.shared_attention import ADAIN_MODES, SharedAttentionSpec, adain, shared_attention, sharing_rows
+from ..p2p.shared_attention import SharedAttentionSpec, shared_rows, sharing_rows
 from .errors import input_error
 from .patch import Prior, install_replace, layer_call
 from .unet import AttentionSite, attention_sites
@@ -75,15 +75,10 @@ class StyleAlignedPatch:
             self._warn_once("alone", f"{NODE}: the batch has {batch} item(s) and none of them shares: the reference "
                             "is item 0, so make a batch of several latents (Empty Latent Image's batch_size)")
             return combined
-        rows, refs = [r for r, _ in pairs], [r for _, r in pairs]
-        parts = {"q": q, "k": k, "v": v}
-        own = {name: t[rows] for name, t in parts.items()}  # [S, N, C]
-        for name in ADAIN_MODES[self.spec.adain]:
-            own[name] = adain(own[name], parts[name][refs])
-        upcast = extra_options.get("attn_precision") == torch.float32 and self.spec.reference_weight not in (0.0, 1.0)
-        qs, ks, ref_k = (t.float() if upcast else t for t in (own["q"], own["k"], k[refs]))
-        shared = shared_attention(qs, ks, own["v"], ref_k, v[refs], heads, self.spec, attend,
-                                  fused=self._fused(qs)).to(stock.dtype)
+        rows = [r for r, _ in pairs]
+        upcast = extra_options.get("attn_precision") == torch.float32
+        fused = self._fused(q.float() if upcast and self.spec.reference_weight not in (0.0, 1.0) else q)
+        shared = shared_rows(q, k, v, pairs, heads, self.spec, attend, fused=fused, upcast=upcast).to(stock.dtype)
         out = combined.clone() if combined is stock else combined
         out[rows] = shared if prior is None else shared + (combined[rows] - stock[rows])
         return out

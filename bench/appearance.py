@@ -1,6 +1,6 @@
 """AppearanceBench: P2P Appearance Transfer on the demo model, against the same run without the swap.
 
-    .venv/bin/python -m bench.appearance [--scenes 20] [--steps 30] [--cfg 5]
+    .venv/bin/python -m bench.appearance [--scenes 20] [--steps 30] [--cfg 5] [--weights FILE]
 
 Each scene is a pair of pictures the shapes world renders (the model never generated them) showing the same
 shape: the structure picture (one colour, one place and size, on white) and the appearance picture (another
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,10 +109,11 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--cfg", type=float, default=CFG)
+    parser.add_argument("--weights", type=Path, help="demo-model weights to measure instead of the committed ones")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
-    bench = AppearanceBench(args.steps, args.cfg)
+    bench = AppearanceBench(args.steps, args.cfg, weights=args.weights)
     scores = measure(bench, args.scenes)
     print(f"\nAppearanceBench: {args.scenes} scene pairs, {args.steps} steps, cfg {args.cfg}, inverted with "
           f"P2PInvert's "

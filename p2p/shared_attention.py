@@ -27,7 +27,7 @@ from .errors import P2PError
 from .joint import attention_with_lse
 
 __all__ = ["ADAIN_MODES", "SharedAttentionSpec", "channel_stats", "adain", "sharing_rows", "merge_lse",
-           "shared_attention"]
+           "shared_attention", "shared_rows"]
 
 # Which of the projected queries, keys and values are AdaIN-ed to the reference's statistics.
 ADAIN_MODES = {
@@ -128,3 +128,18 @@ def shared_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: t
                                           split(ref_v[row : row + 1]), fused=fused)
         out[row] = merge_lse(own, own_lse, ref, ref_lse, math.log(spec.reference_weight))[0]
     return out.transpose(1, 2).reshape(s, n, c).to(q.dtype)
+
+
+def shared_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pairs: Sequence[tuple[int, int]], heads: int,
+                spec: SharedAttentionSpec, attend: Attend, fused: bool = True, upcast: bool = False) -> torch.Tensor:
+    """The sharing rows of one self-attention call: q, k, v [R, N, C] the whole batch's, `pairs` (row, its
+    reference row) as `sharing_rows` gives -> [S, N, C] in q's dtype, one per pair. AdaIN per the spec, then
+    `shared_attention`; `upcast`: compute the merged (weight not 0 or 1) path from float32 queries and keys."""
+    rows, refs = [r for r, _ in pairs], [r for _, r in pairs]
+    parts = {"q": q, "k": k, "v": v}
+    own = {name: t[rows] for name, t in parts.items()}  # [S, N, C]
+    for name in ADAIN_MODES[spec.adain]:
+        own[name] = adain(own[name], parts[name][refs])
+    upcast = upcast and spec.reference_weight not in (0.0, 1.0)
+    qs, ks, ref_k = (t.float() if upcast else t for t in (own["q"], own["k"], k[refs]))
+    return shared_attention(qs, ks, own["v"], ref_k, v[refs], heads, spec, attend, fused=fused).to(q.dtype)

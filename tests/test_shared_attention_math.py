@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from p2p import P2PError, SharedAttentionSpec, parse_items
-from p2p.shared_attention import adain, channel_stats, merge_lse, shared_attention, sharing_rows
+from p2p.shared_attention import adain, channel_stats, merge_lse, shared_attention, shared_rows, sharing_rows
 
 HEADS, D = 2, 8
 
@@ -74,6 +74,26 @@ def test_shared_attention_is_the_materialised_softmax(weight, key_scale, fused):
     expected = materialised(q, k, v, ref_k, ref_v, key_scale, weight)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize("mode", ["queries+keys", "queries+keys+values", "off"])
+@pytest.mark.parametrize(("weight", "upcast"), [(1.0, False), (2.0, False), (2.0, True)])
+def test_sharing_rows_are_adain_then_shared_attention(mode, weight, upcast):
+    """`shared_rows` (what the StyleAligned patch and its memory bench compute): each sharing row's named
+    projections AdaIN-ed to its own reference row's, then attention over its keys and the reference's."""
+    q, k, v = rows(n=6, seed=5)[:3]
+    pairs = sharing_rows(2, 3, None)  # [(1, 0), (2, 0), (4, 3), (5, 3)]
+    spec = SharedAttentionSpec(adain=mode, reference_weight=weight)
+    out = shared_rows(q.half() if upcast else q, k.half() if upcast else k, v.half() if upcast else v, pairs,
+                      HEADS, spec, host_attend, fused=False, upcast=upcast)
+    assert out.shape == (len(pairs), 10, HEADS * D) and out.dtype == (torch.float16 if upcast else torch.float32)
+    for i, (row, ref) in enumerate(pairs):
+        own = {"q": q[row : row + 1], "k": k[row : row + 1], "v": v[row : row + 1]}
+        for name in {"queries+keys": "qk", "queries+keys+values": "qkv", "off": ""}[mode]:
+            own[name] = adain(own[name], {"q": q, "k": k, "v": v}[name][ref : ref + 1])
+        expected = materialised(own["q"], own["k"], own["v"], k[ref : ref + 1], v[ref : ref + 1], 1.0, weight)
+        tolerance = {"atol": 2e-2, "rtol": 2e-2} if upcast else {"atol": 2e-5, "rtol": 1e-4}
+        torch.testing.assert_close(out[i : i + 1].double(), expected, **tolerance)
 
 def test_merging_two_key_sets_is_one_softmax_over_both():
     q, k, v, k2, v2 = (x.reshape(3, 10, HEADS, D).transpose(1, 2) for x in rows(seed=3))
