@@ -58,6 +58,19 @@ def test_maps_are_read_at_a_quarter_of_the_latent_but_not_under_8x8(pack, factor
     assert unet.map_downsample(sites, latent_side) == expected
 
 
+@pytest.mark.parametrize("factors, latent_side, expected", [
+    ((1, 2, 4, 8), 64, 4),  # SD1.5 at 512 px: the paper's 16x16, as the capture
+    ((2, 4), 128, 4),  # SDXL at 1024 px: 32x32
+    ((1, 2, 4, 8), 32, 2),  # SD1.5 at 256 px: 16x16, where the capture takes 8x8
+    ((1, 2, 4), 16, 1),  # demo model v3: its full 16x16 latent (8x8 maps spilled over the other object)
+    ((1, 2, 4), 8, 1),  # demo model v2: nothing finer than 8x8
+])
+def test_local_blend_reads_maps_of_at_least_16x16(pack, factors, latent_side, expected):
+    unet = pack.adapter.unet
+    sites = [unet.AttentionSite(("input", i, 0), factor) for i, factor in enumerate(factors)]
+    assert unet.map_downsample(sites, latent_side, min_side=unet.MIN_BLEND_MAP_SIDE) == expected
+
+
 def test_capture_settings_choose_layers_and_steps(host):
     g, n = p2p_graph(steps=10)
     settings = g.node("P2PAttentionCapture", "settings", **{**CAPTURE, "resolution": "1/2", "start": 0.5,

@@ -92,8 +92,8 @@ def test_sharing_rows_are_adain_then_shared_attention(mode, weight, upcast):
         for name in {"queries+keys": "qk", "queries+keys+values": "qkv", "off": ""}[mode]:
             own[name] = adain(own[name], {"q": q, "k": k, "v": v}[name][ref : ref + 1])
         expected = materialised(own["q"], own["k"], own["v"], k[ref : ref + 1], v[ref : ref + 1], 1.0, weight)
-        tolerance = {"atol": 2e-2, "rtol": 2e-2} if upcast else {"atol": 2e-5, "rtol": 1e-4}
-        torch.testing.assert_close(out[i : i + 1].double(), expected, **tolerance)
+        atol, rtol = (2e-2, 2e-2) if upcast else (2e-5, 1e-4)
+        torch.testing.assert_close(out[i : i + 1].double(), expected, atol=atol, rtol=rtol)
 
 def test_merging_two_key_sets_is_one_softmax_over_both():
     q, k, v, k2, v2 = (x.reshape(3, 10, HEADS, D).transpose(1, 2) for x in rows(seed=3))
