@@ -76,8 +76,9 @@ class StyleAlignedPatch:
                             "is item 0, so make a batch of several latents (Empty Latent Image's batch_size)")
             return combined
         rows = [r for r, _ in pairs]
-        upcast = extra_options.get("attn_precision") == torch.float32
-        fused = self._fused(q.float() if upcast and self.spec.reference_weight not in (0.0, 1.0) else q)
+        # the merged path (weight not 0 or 1) from float32 queries and keys where the model asks for it
+        upcast = extra_options.get("attn_precision") == torch.float32 and self.spec.reference_weight not in (0.0, 1.0)
+        fused = self._fused(q.float() if upcast else q)
         shared = shared_rows(q, k, v, pairs, heads, self.spec, attend, fused=fused, upcast=upcast).to(stock.dtype)
         out = combined.clone() if combined is stock else combined
         out[rows] = shared if prior is None else shared + (combined[rows] - stock[rows])

@@ -134,12 +134,11 @@ def shared_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pairs: Sequen
                 spec: SharedAttentionSpec, attend: Attend, fused: bool = True, upcast: bool = False) -> torch.Tensor:
     """The sharing rows of one self-attention call: q, k, v [R, N, C] the whole batch's, `pairs` (row, its
     reference row) as `sharing_rows` gives -> [S, N, C] in q's dtype, one per pair. AdaIN per the spec, then
-    `shared_attention`; `upcast`: compute the merged (weight not 0 or 1) path from float32 queries and keys."""
+    `shared_attention`; `upcast`: from float32 queries and keys (for the merged path, weight not 0 or 1)."""
     rows, refs = [r for r, _ in pairs], [r for _, r in pairs]
     parts = {"q": q, "k": k, "v": v}
     own = {name: t[rows] for name, t in parts.items()}  # [S, N, C]
     for name in ADAIN_MODES[spec.adain]:
         own[name] = adain(own[name], parts[name][refs])
-    upcast = upcast and spec.reference_weight not in (0.0, 1.0)
     qs, ks, ref_k = (t.float() if upcast else t for t in (own["q"], own["k"], k[refs]))
     return shared_attention(qs, ks, own["v"], ref_k, v[refs], heads, spec, attend, fused=fused).to(q.dtype)
