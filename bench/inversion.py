@@ -45,6 +45,37 @@ def scenes(count: int, picture_size: int = SIZE) -> list[tuple[np.ndarray, np.nd
     return out
 
 
+def measure(pack, model, clip, vae, negative, method: str, count: int, steps: int = 30,
+            cfg: float = 5.0) -> dict[str, list[float]]:
+    """Invert the first `count` scenes with `method` and swap their colour with P2P Edit Spec's defaults:
+    per scene, metric -> value."""
+    from .shapesbench import CONTROL, node_defaults
+
+    control = {k: v for k, v in node_defaults(pack.P2PEditSpec).items() if k in CONTROL}
+    # the model's picture size: its latent side times the VAE's downscale
+    picture_size = model.model.model_config.unet_config["image_size"] * vae.spacial_compression_decode()
+    stats: dict[str, list] = {k: [] for k in ("psnr", "passes", "seconds", "iou", "took", "outside")}
+    for image, mask, picture, source, target, color in scenes(count, picture_size):
+        with torch.inference_mode():
+            started = time.perf_counter()
+            inversion, _ = pack.P2PInvert.execute(model, vae, torch.from_numpy(picture)[None], negative, steps, cfg,
+                                                   "normal", method, 10, 1e-5, 1e-2, clip=clip, source_prompt=source)
+            seconds = time.perf_counter() - started
+            edit = pack.P2PEditSpec.execute(clip, source, target, "auto", **control)[0]
+            latent = pack.P2PSampler.execute(model, edit, negative, 0, steps, cfg, "euler", "normal", 1.0,
+                                              inversion=inversion, capture=None)[0]
+            out = metrics.to_world_pixels(vae.decode(latent["samples"]).float().numpy())
+        everywhere = np.ones(mask.shape, bool)
+        stats["psnr"].append(min(metrics.psnr(image, out[0], everywhere), 100.0))
+        stats["passes"].append(inversion.passes)
+        stats["seconds"].append(seconds)
+        edited = metrics.object_mask(out[1], color)
+        stats["iou"].append(metrics.iou(mask, edited))
+        stats["took"].append(float(edited[mask].mean() >= 0.5))
+        stats["outside"].append(min(metrics.psnr(image, out[1], ~metrics.dilate(mask, 2)), 100.0))
+    return stats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=10)
@@ -67,31 +98,10 @@ def main() -> None:
         model, clip, vae = load(args.weights)
     else:
         model, clip, vae = pack.P2PDemoModel.execute()
-    # the model's picture size: its latent side times the VAE's downscale (32x32 pixels for v1, 64x64 for v2)
-    picture_size = model.model.model_config.unet_config["image_size"] * vae.spacial_compression_decode()
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
     rows = []
     for method in args.methods.split(","):
-        stats: dict[str, list] = {k: [] for k in ("psnr", "passes", "seconds", "iou", "took", "outside")}
-        for image, mask, picture, source, target, color in scenes(args.scenes, picture_size):
-            with torch.inference_mode():
-                started = time.perf_counter()
-                inversion, _ = pack.P2PInvert.execute(model, vae, torch.from_numpy(picture)[None], negative, args.steps,
-                                                       args.cfg, "normal", method, 10, 1e-5, 1e-2, clip=clip,
-                                                       source_prompt=source)
-                seconds = time.perf_counter() - started
-                edit = pack.P2PEditSpec.execute(clip, source, target, "auto", 0.8, 0.4, "coarse")[0]
-                latent = pack.P2PSampler.execute(model, edit, negative, 0, args.steps, args.cfg, "euler", "normal",
-                                                  1.0, inversion=inversion, capture=None)[0]
-                out = metrics.to_world_pixels(vae.decode(latent["samples"]).float().numpy())
-            everywhere = np.ones(mask.shape, bool)
-            stats["psnr"].append(min(metrics.psnr(image, out[0], everywhere), 100.0))
-            stats["passes"].append(inversion.passes)
-            stats["seconds"].append(seconds)
-            edited = metrics.object_mask(out[1], color)
-            stats["iou"].append(metrics.iou(mask, edited))
-            stats["took"].append(float(edited[mask].mean() >= 0.5))
-            stats["outside"].append(min(metrics.psnr(image, out[1], ~metrics.dilate(mask, 2)), 100.0))
+        stats = measure(pack, model, clip, vae, negative, method, args.scenes, args.steps, args.cfg)
         rows.append((method, {k: float(np.mean(v)) for k, v in stats.items()}))
 
     print(f"\nInversion on the demo model: {args.scenes} rendered scenes, {args.steps} steps, cfg {args.cfg}, "

@@ -37,13 +37,16 @@ def world_mask(mask: torch.Tensor) -> np.ndarray:
 
 
 class SegmentBench(Bench):
-    def run(self, source: str, target: str, seed: int, blend: dict | None = None):
-        """(decoded [2, 32, 32, 3], captured attention) of one P2P run, blended with P2PLocalBlend(**blend)."""
+    def run(self, source: str, target: str, seed: int, blend: dict | None = None, capture: dict | None = None):
+        """(decoded [2, 32, 32, 3], captured attention) of one P2P run, blended with P2PLocalBlend(**blend),
+        captured with P2PAttentionCapture(**capture) (None: P2PSampler's default capture)."""
         edit = self.pack.P2PEditSpec.execute(self.clip, source, target, mode="auto", **self.control)[0]
         if blend is not None:
             edit = self.pack.P2PLocalBlend.execute(edit, **{**node_defaults(self.pack.P2PLocalBlend), **blend})[0]
+        captured = {} if capture is None else {"capture": self.pack.P2PAttentionCapture.execute(**capture)[0]}
         latent, attention = self.pack.P2PSampler.execute(self.model, edit, self.negative, seed, self.steps, self.cfg,
-                                                          SAMPLER, SCHEDULER, 1.0, latent_image=self.latent)[:2]
+                                                          SAMPLER, SCHEDULER, 1.0, latent_image=self.latent,
+                                                          **captured)[:2]
         return self._decode(latent), attention
 
     def segments(self, attention, words: str):

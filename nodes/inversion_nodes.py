@@ -41,8 +41,8 @@ class P2PInvert(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the image."),
                 io.Image.Input("image", tooltip=(
                     "One image, any size: it is centre-cropped (not resized) to the nearest multiple of the model's "
-                    "size step (64 px for SD, 4 px for the demo model); the latent is that size divided by the "
-                    "VAE's factor (8 for SD).")),
+                    "size step (64 px for SD, 32 px for the demo model); the latent is that size divided by the "
+                    "VAE's factor (8 for both).")),
                 io.Conditioning.Input("negative", tooltip="The negative prompt you will sample with (usually empty)."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Sampling steps; P2P Sampler must use the same steps and scheduler."),

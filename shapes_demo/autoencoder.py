@@ -12,9 +12,10 @@ ComfyUI loads the result natively (`comfy.sd.VAE` recognises TAESD by its keys),
 and P2P Invert run unchanged.
 
     .venv/bin/python -m shapes_demo.autoencoder [--model v2|v3] [--steps N] [--batch 16] [--out FILE]
+        [--init-from FILE]
 
 v3's is v2's fine-tuned at twice the picture size (the same layers see the world at twice the scale), so it
-starts from v2's committed file.
+starts from v2's file, and trains v2's first (its recipe) when that file is missing.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ V2 = AutoencoderShape(64, WEIGHTS_DIR / "p2p_shapes_demo_v2_vae.safetensors", 0.
 V3 = AutoencoderShape(128, WEIGHTS_DIR / "p2p_shapes_demo_v3_vae.safetensors", 0.10, 0.27, steps=600, lr=2e-4,
                       init_from=V2.file)
 SHAPES = {"v2": V2, "v3": V3}
-# the committed model's (P2P Demo Model's): v2
-PICTURE_SIZE, LATENT_SIZE, AUTOENCODER = V2.picture_size, V2.latent_size, V2.file
+# the committed model's (P2P Demo Model's): v3
+PICTURE_SIZE, LATENT_SIZE, AUTOENCODER = V3.picture_size, V3.latent_size, V3.file
 LATENT_CHANNELS = 4
 PRESENCE = 0  # the latent channel that carries object coverage
 SUPERSAMPLE = 2  # 2x2 samples per pixel
@@ -111,6 +112,12 @@ def _init(module: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.uniform_(m.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
 
+def model_writing(path: Path) -> str | None:
+    """The model whose autoencoder recipe writes `path` (trained first when a fine-tune starts from a missing
+    file)."""
+    return next((name for name, shape in SHAPES.items() if shape.file == path), None)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=tuple(SHAPES), default="v2")
@@ -124,11 +131,18 @@ def main(argv: list[str] | None = None) -> None:
                              "diffusion model's slightly-off latents")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--init-from", type=Path, help="fine-tune these weights (default: the model's recipe)")
     args = parser.parse_args(argv)
     shape = SHAPES[args.model]
     args.steps = args.steps or shape.steps
     args.lr = args.lr or shape.lr
     args.out = args.out or shape.file
+    args.init_from = args.init_from or shape.init_from
+    if args.init_from is not None and not args.init_from.is_file():
+        if (prerequisite := model_writing(args.init_from)) is None:
+            parser.error(f"--init-from: no file at {args.init_from}")
+        print(f"no {prerequisite} autoencoder at {args.init_from}: training it first", flush=True)
+        main(["--model", prerequisite, "--threads", str(args.threads)])
 
     torch.set_num_threads(args.threads)
     from tools.host import import_comfy
@@ -139,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     from .train import native_bf16
 
     bf16 = native_bf16()
-    if shape.init_from is not None:
+    if args.init_from is not None:
         from safetensors.torch import load_file
 
-        model = build_autoencoder(load_file(str(shape.init_from)))
+        model = build_autoencoder(load_file(str(args.init_from)))
     else:
         model = build_autoencoder()
         _init(model, seed=0)

@@ -8,8 +8,9 @@ v1 (issue #3), built here:
   ComfyUI's real SD1 CLIP tokenizer.
 * VAE: ComfyUI's pixel-space VAE (images are the latents, scaled to -1..1); needs ComfyUI >= 0.3.75.
 
-v2 (issue #21, the committed model; `model_v2`): the same text encoder, a UNet with attention at every
-resolution of an 8x8x4 latent, and a TAESD-architecture autoencoder (`autoencoder`). `load` reads either.
+v2 and v3 (issue #21; v3 is the committed model; `model_v2`): the same text encoder, a UNet with attention
+at every resolution of the latent (v2: 8x8x4, v3: 16x16x4), and a TAESD-architecture autoencoder
+(`autoencoder`). `load` reads any of them.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "V1_WEIGHTS", "V3_WEIGHTS", "build_model",
+__all__ = ["IMAGE_SIZE", "UNET_CONFIG", "TEXT_CONFIG", "WEIGHTS", "V1_WEIGHTS", "V2_WEIGHTS", "build_model",
            "build_clip", "build_vae", "load"]
 
 IMAGE_SIZE = 32
-# the committed model, which P2P Demo Model loads: v2 (issue #21, `model_v2`); v1 is issue #3's pixel-space
-# model, rebuilt by `python -m shapes_demo.train --model v1` (its weights are no longer committed)
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v2.safetensors"
+# the committed model, which P2P Demo Model loads: v3 (issue #21, `model_v2`). The earlier ones are rebuilt by
+# `python -m shapes_demo.train --model v1|v2` (their weights are no longer committed): v1 is issue #3's
+# pixel-space model, v2 the 8x8-latent model v3 is fine-tuned from.
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "p2p_shapes_demo_v3.safetensors"
 V1_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo.safetensors")
-V3_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo_v3.safetensors")  # issue #21's 16x16-latent model, not yet the default
+V2_WEIGHTS = WEIGHTS.with_name("p2p_shapes_demo_v2.safetensors")
 
 UNET_CONFIG = {
     "use_checkpoint": False,

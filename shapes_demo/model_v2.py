@@ -1,5 +1,5 @@
-"""Demo model v2 (issue #21, the committed model): a latent model with attention at every resolution.
-v3 (issue #21, in training) is the same UNet on the 16x16 latents of 128x128 pictures.
+"""Demo models v2 and v3 (issue #21; v3 is the committed model): latent models with attention at every
+resolution. v3 is v2's UNet fine-tuned to the 16x16 latents of 128x128 pictures; v2 works on 8x8 latents.
 
 * VAE: ComfyUI's TAESD architecture trained on the world (`shapes_demo.autoencoder`): 64x64 pictures,
   8x8x4 latents whose channel 0 carries object coverage for every colour alike.
@@ -11,13 +11,13 @@ v3 (issue #21, in training) is the same UNet on the 16x16 latents of 128x128 pic
 from __future__ import annotations
 
 from . import model as demo
-from .autoencoder import LATENT_CHANNELS, LATENT_SIZE, V3
+from .autoencoder import LATENT_CHANNELS, V2, V3
 
 __all__ = ["UNET_CONFIG", "UNET_CONFIGS", "model_config", "build_model"]
 
 UNET_CONFIG = {  # v1's, with these differences
     **demo.UNET_CONFIG,
-    "image_size": LATENT_SIZE,
+    "image_size": V2.latent_size,
     "in_channels": LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
     "num_res_blocks": [2, 2, 2],

@@ -11,7 +11,8 @@ its file exists), a pool of 60000 encoded scenes (`shapes_demo.latent_pool`, cac
 the text encoder's embedding table. v2's checkpoint (`*.checkpoint.pt`, 16-bit) is small enough to commit, so
 a run can be split over several working sessions. `--model v3` (issue #21): v2 fine-tuned to 16x16 latents of
 128x128 pictures: the autoencoder fine-tuned from v2's (`--model v3` of `shapes_demo.autoencoder`), a pool of
-30000 scenes, then UNet and text encoder from v2's committed weights, 3000 + 1000 steps at lr 5e-4.
+30000 scenes, then UNet and text encoder from v2's weights, 3000 + 1000 steps at lr 5e-4. v3 is the committed
+model; a run of v3 on a machine without v2's weights (no longer committed) trains v2 first, with its recipe.
 
 Deterministic: the scenes of step i come from seed i, the initialisation from a fixed seed, and the CPU
 runs single-process with a fixed thread count. `--device cuda` trains on a GPU (bfloat16 autocast) with the same
@@ -48,16 +49,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import latent_pool
 from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
-from .model import TEXT_CONFIG, V1_WEIGHTS, V3_WEIGHTS, WEIGHTS
+from .model import TEXT_CONFIG, V1_WEIGHTS, V2_WEIGHTS, WEIGHTS
 from .text_encoder import TextEncoder
 from .world import SIZE, render, sample_scene, world_vocabulary
 
 EMPTY_CAPTION_RATE = 0.1
 RECIPES = {  # the runs' settings (MODEL.md)
     "v1": {"steps": 3600, "grounding_steps": 1500, "batch": 32, "pool": 0, "lr": 1e-3, "out": V1_WEIGHTS},
-    "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000, "lr": 1e-3, "out": WEIGHTS},
-    "v3": {"steps": 3000, "grounding_steps": 1000, "batch": 64, "pool": 30_000, "lr": 5e-4, "out": V3_WEIGHTS,
-           "init_from": WEIGHTS},
+    "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000, "lr": 1e-3, "out": V2_WEIGHTS},
+    "v3": {"steps": 3000, "grounding_steps": 1000, "batch": 64, "pool": 30_000, "lr": 5e-4, "out": WEIGHTS,
+           "init_from": V2_WEIGHTS},
 }
 MIN_SNR_GAMMA = 5.0
 
@@ -155,7 +156,12 @@ def init_for_training(module: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.zeros_(m.bias)
 
 
-def main() -> None:
+def recipe_writing(path: Path) -> str | None:
+    """The model whose recipe writes `path` (trained first when a fine-tune starts from a missing file)."""
+    return next((name for name, recipe in RECIPES.items() if recipe["out"] == path), None)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="first phase (default: the model's recipe, RECIPES)")
     parser.add_argument("--grounding-steps", type=int, help="second phase, with the grounding loss")
@@ -185,10 +191,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init-from", type=Path,
                         help="start from these weights (a file this script wrote) instead of a random initialisation")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name, value in RECIPES[args.model].items():  # what the command line leaves unset
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.init_from is not None and not args.init_from.is_file():
+        if (prerequisite := recipe_writing(args.init_from)) is None:
+            parser.error(f"--init-from: no file at {args.init_from}")
+        print(f"no {prerequisite} weights at {args.init_from}: training {prerequisite} first (its recipe)", flush=True)
+        main(["--model", prerequisite, "--threads", str(args.threads), "--device", args.device,
+              "--workers", str(args.workers), "--precision", args.precision])
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

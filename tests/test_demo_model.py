@@ -320,12 +320,11 @@ def test_latent_pool_is_rebuilt_exactly_and_its_shares_ground_as_the_masks_do(ho
             assert all(np.array_equal(a, b) for a, b in zip(from_masks, from_shares, strict=True))
 
 
-@pytest.mark.parametrize("model", ["v2", "v3"])
-def test_latent_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, host, model):
-    """A latent model's recipe at toy size: the autoencoder trains, the diffusion phases train on a pool of
-    its latents, the weights load as ComfyUI parts (TAESD VAE, 4-channel UNet at the model's latent size), and
-    a second run resumes from the compact (16-bit) checkpoint. v3 starts from v2's committed weights (three
-    warm-up steps leave it there); v2 from a random initialisation (far from them)."""
+def test_latent_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path, host):
+    """The latent models' recipes at toy size, v2 from a random initialisation and v3 fine-tuned from it: the
+    autoencoder trains, the diffusion phases train on a pool of its latents, the weights load as ComfyUI parts
+    (TAESD VAE, 4-channel UNet at the model's latent size), and a second run resumes from the compact (16-bit)
+    checkpoint. v3's three warm-up steps leave it at the v2 it started from; v2 ends far from the committed model."""
     import subprocess
     import sys
 
@@ -340,22 +339,48 @@ def test_latent_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path,
         assert done.returncode == 0, done.stderr[-2000:]
         return done
 
-    autoencoder = tmp_path / "vae.safetensors"
-    run("shapes_demo.autoencoder", "--model", model, "--steps", "2", "--batch", "2", "--out", str(autoencoder))
-    out = tmp_path / f"{model}.safetensors"
-    tiny = ("--model", model, "--autoencoder", str(autoencoder), "--pool", "8", "--batch", "4", "--steps", "2",
-            "--grounding-steps", "1", "--precision", "fp32", "--out", str(out))
-    run("shapes_demo.train", *tiny)
-    unet, _, vae = load(out)
-    assert unet.model.latent_format.latent_channels == 4 and vae.spacial_compression_decode() == 8
-    assert unet.model.model_config.unet_config["image_size"] == SHAPES[model].latent_size
-    assert all(torch.isfinite(p).all() for p in unet.model.diffusion_model.parameters())
-    (trained,), (committed,) = (split_state(load_file(str(f)), ("unet",)) for f in (out, WEIGHTS))
-    moved = max((trained[k] - committed[k]).abs().max().item() for k in committed)
-    assert (moved < 1e-2) if model == "v3" else (moved > 0.1)
-    checkpoint = torch.load(out.with_suffix(".checkpoint.pt"), weights_only=False)
-    assert {v.dtype for v in checkpoint["unet"].values()} == {torch.float16}
-    states = list(checkpoint["optimizer"]["state"].values())
-    assert {s["exp_avg_sq"].dtype for s in states} == {torch.bfloat16}  # float16 would underflow
-    assert {s["step"].dtype for s in states} == {torch.float32}  # counts stay exact
-    assert "resuming at step 3" in run("shapes_demo.train", *tiny).stdout
+    def files(model: str) -> tuple:
+        return tmp_path / f"{model}_vae.safetensors", tmp_path / f"{model}.safetensors"
+
+    (v2_autoencoder, v2_out) = files("v2")
+    for model, reference, autoencoder_start, start in (
+        ("v2", WEIGHTS, (), ()),
+        ("v3", v2_out, ("--init-from", str(v2_autoencoder)), ("--init-from", str(v2_out))),
+    ):
+        autoencoder, out = files(model)
+        run("shapes_demo.autoencoder", "--model", model, "--steps", "2", "--batch", "2", "--out", str(autoencoder),
+            *autoencoder_start)
+        tiny = ("--model", model, "--autoencoder", str(autoencoder), "--pool", "8", "--batch", "4", "--steps", "2",
+                "--grounding-steps", "1", "--precision", "fp32", "--out", str(out), *start)
+        run("shapes_demo.train", *tiny)
+        unet, _, vae = load(out)
+        assert unet.model.latent_format.latent_channels == 4 and vae.spacial_compression_decode() == 8
+        assert unet.model.model_config.unet_config["image_size"] == SHAPES[model].latent_size
+        assert all(torch.isfinite(p).all() for p in unet.model.diffusion_model.parameters())
+        trained, started = (split_state(load_file(str(f)), ("unet",))[0] for f in (out, reference))
+        moved = max((trained[k] - started[k]).abs().max().item() for k in started)
+        assert (moved > 0.1) if model == "v2" else (moved < 1e-2)
+        checkpoint = torch.load(out.with_suffix(".checkpoint.pt"), weights_only=False)
+        assert {v.dtype for v in checkpoint["unet"].values()} == {torch.float16}
+        states = list(checkpoint["optimizer"]["state"].values())
+        assert {s["exp_avg_sq"].dtype for s in states} == {torch.bfloat16}  # float16 would underflow
+        assert {s["step"].dtype for s in states} == {torch.float32}  # counts stay exact
+        assert "resuming at step 3" in run("shapes_demo.train", *tiny).stdout
+
+
+def test_a_fine_tune_trains_the_model_it_starts_from_when_its_weights_are_missing():
+    """v3 starts from v2, whose weights are no longer committed: its recipes name v2's files, which v2's
+    recipes write, so a run from scratch trains v2 first; any other missing file is an error."""
+    import subprocess
+    import sys
+
+    from shapes_demo import autoencoder, train
+    from shapes_demo.model import V2_WEIGHTS
+
+    v2_autoencoder = autoencoder.SHAPES["v2"].file
+    assert train.RECIPES["v3"]["init_from"] == V2_WEIGHTS and train.recipe_writing(V2_WEIGHTS) == "v2"
+    assert autoencoder.SHAPES["v3"].init_from == v2_autoencoder and autoencoder.model_writing(v2_autoencoder) == "v2"
+    for module in ("shapes_demo.train", "shapes_demo.autoencoder"):
+        done = subprocess.run([sys.executable, "-m", module, "--model", "v3", "--init-from", "missing.safetensors"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "--init-from: no file at missing.safetensors" in done.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.cross_image import AppearanceSpec
+from shapes_demo.autoencoder import LATENT_SIZE as DEMO_LATENT
 from shapes_demo.autoencoder import PICTURE_SIZE as DEMO_SIZE
 
 from .graph import Graph
@@ -21,7 +22,10 @@ from .workflow import to_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
-DEMO_VIEW_SCALE = 4.0  # the demo's 64x64 pictures shown at 256x256
+DEMO_VIEW_SCALE = 256 / DEMO_SIZE  # the demo's pictures shown at 256x256
+# P2P Attention Capture in the demo workflows: the full latent resolution, self-attention included
+DEMO_CAPTURE: dict[str, Any] = {"enabled": True, "resolution": "1/1", "start": 0.0, "end": 1.0, "layers": "down+up",
+                "per_step": False, "self_attention": True}
 
 SD15_CHECKPOINT = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
@@ -229,15 +233,16 @@ def _sd15_controlnet() -> tuple[Graph, dict, list, dict]:
     return g, positions, notes, {"models": models, "sizes": sizes}
 
 
-DEMO_NOTE = """## The demo model
+DEMO_NOTE = f"""## The demo model
 
-**P2P Demo Model** is a small text-to-image model this project trained on 64x64 pictures of coloured shapes
-(see MODEL.md). It runs in seconds on a CPU, so every knob can be tried at once.
+**P2P Demo Model** is a small text-to-image model this project trained on {DEMO_SIZE}x{DEMO_SIZE} pictures of
+coloured shapes (see MODEL.md). It runs in seconds on a CPU, so every knob can be tried at once.
 
 Its words: *circle, square, triangle; red, green, blue, yellow, purple, orange; small, big; on the left,
 on the right, at the top, at the bottom, in the center; striped; on a white / black / gray background*.
 
-Its latent is 8x8 with 4 channels (**Empty Latent Image** at 64x64); the pictures are scaled x4 for viewing.
+Its latent is {DEMO_LATENT}x{DEMO_LATENT} with 4 channels (**Empty Latent Image** at {DEMO_SIZE}x{DEMO_SIZE});
+the pictures are scaled x{DEMO_VIEW_SCALE:g} for viewing.
 """
 
 ATTENTION_NOTE = """## Attention heatmaps
@@ -279,8 +284,7 @@ def _demo_guider() -> tuple[Graph, dict, list, dict]:
                   target_prompt="a yellow circle and a small blue square", mode="auto", cross_replace=0.8,
                   self_replace=0.4, self_layers="coarse", word_schedule="")
     neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
-    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1", start=0.0, end=1.0,
-                     layers="down+up", per_step=False, self_attention=True)
+    capture = g.node("P2PAttentionCapture", "capture", **DEMO_CAPTURE)
     guider = g.node("P2PGuider", "guider", model=model.out(0), edit=edit, negative=neg, cfg=5.0, capture=capture)
     noise = g.node("RandomNoise", "noise", noise_seed=DEMO_SEEDS["p2p_demo_word_swap"])
     sampler_select = g.node("KSamplerSelect", "sampler_select", sampler_name="euler")
@@ -324,16 +328,16 @@ DEMO_WORKFLOWS = {
                              [("a green circle on the left and a blue square on the right",
                                {"blend": ("red circle", "green circle")})]),
     "p2p_demo_attention_maps": ("Attention heatmaps of a word swap, drawn inside P2P Attention Maps (queue, then "
-                                "pick words). The demo's latent is 8x8, so its maps are captured at 1/1 "
-                                "(8x8).",
+                                f"pick words). The demo's latent is {DEMO_LATENT}x{DEMO_LATENT}, so its maps "
+                                f"are captured at 1/1 ({DEMO_LATENT}x{DEMO_LATENT}).",
                                 "a red circle and a small blue square",
                                 [("a yellow circle and a small blue square", {})]),
 }
 
 
 DEMO_SEEDS = {  # from tools/pick_demo_seeds.py
-    "p2p_demo_word_swap": 0, "p2p_demo_refinement": 0, "p2p_demo_reweight": 0, "p2p_demo_local_blend": 7,
-    "p2p_demo_attention_maps": 0, "p2p_demo_style_aligned": 2, "p2p_demo_attention_segments": 1,
+    "p2p_demo_word_swap": 1, "p2p_demo_refinement": 0, "p2p_demo_reweight": 2, "p2p_demo_local_blend": 2,
+    "p2p_demo_attention_maps": 1, "p2p_demo_style_aligned": 2, "p2p_demo_attention_segments": 1,
 }
 
 
@@ -372,8 +376,7 @@ def _demo(name: str):
     note = f"{DEMO_NOTE}\n**This workflow.** {intro}\n"
     notes = [(note, (40, 180), (300, 360))]
     if name == "p2p_demo_attention_maps":
-        sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1",
-                                           start=0.0, end=1.0, layers="down+up", per_step=False, self_attention=True)
+        sampler.inputs["capture"] = g.node("P2PAttentionCapture", "capture", **DEMO_CAPTURE)
         _add_attention_maps(g, sampler.out(1), decode, positions, sizes, notes, x=x, y=640)
         positions["capture"], sizes["capture"] = (x - 440, 640), (400, 250)
     return g, positions, notes, {"sizes": sizes}
@@ -397,7 +400,7 @@ INVERT_NOTE = """## Editing a real image
 like a generated one: the source item is your picture, each edit starts from it.
 
 - **image**: any picture; it is centre-cropped (not resized) to a multiple of the model's size step (64 px
-  for SD, 4 px for the demo model). This example uses `p2p_demo_scene.png` (from the pack's
+  for SD, 32 px for the demo model). This example uses `p2p_demo_scene.png` (from the pack's
   `example_workflows/` folder; copy it into ComfyUI's `input/` folder), a rendered scene the demo model
   never generated.
 - **source_prompt** describes the picture; P2P Edit Spec must use the same text.
@@ -495,7 +498,7 @@ def _demo_style_aligned() -> tuple[Graph, dict, list, dict]:
     return g, positions, notes, {"sizes": sizes}
 
 
-SEGMENTS_NOTE = """## Attention segments as a blend mask
+SEGMENTS_NOTE = f"""## Attention segments as a blend mask
 
 The upper **P2P Sampler** runs the word swap once to capture its attention (self-attention included).
 **P2P Attention Segments** splits the source picture into segments by its self-attention (cells that attend
@@ -505,8 +508,8 @@ the segments of the chosen words (here *circle*), at the latent's size.
 The lower P2P Sampler runs the same edit with **P2P Local Blend** given that mask and no words: outside the
 circle's segments the edit is the source, pixel for pixel.
 
-On a real checkpoint capture at resolution 1/2 (SD1.5) for finer segments; the demo's 8x8 latent is
-captured at 1/1.
+On a real checkpoint capture at resolution 1/2 (SD1.5) for finer segments; the demo's {DEMO_LATENT}x{DEMO_LATENT}
+latent is captured at 1/1.
 """
 
 SEGMENTS_PROMPTS = ("a red circle on the left and a blue square on the right",
@@ -521,8 +524,7 @@ def _demo_attention_segments() -> tuple[Graph, dict, list, dict]:
                   cross_replace=0.8, self_replace=0.4, self_layers="coarse", word_schedule="")
     neg = g.node("CLIPTextEncode", "negative", title="Negative prompt", clip=model.out(1), text="")
     latent = g.node("EmptyLatentImage", "latent", width=DEMO_SIZE, height=DEMO_SIZE, batch_size=1)
-    capture = g.node("P2PAttentionCapture", "capture", enabled=True, resolution="1/1", start=0.0, end=1.0,
-                     layers="down+up", per_step=False, self_attention=True)
+    capture = g.node("P2PAttentionCapture", "capture", **DEMO_CAPTURE)
     run = {"model": model.out(0), "negative": neg, "latent_image": latent,
            "seed": DEMO_SEEDS["p2p_demo_attention_segments"], "steps": 30, "cfg": 5.0, "sampler_name": "euler",
            "scheduler": "normal", "denoise": 1.0}

@@ -18,7 +18,7 @@ from bench.shapesbench import Bench
 from bench.style_aligned import StyleBench
 from shapes_demo import metrics
 
-from .build_workflows import SEGMENTS_PROMPTS, STYLE_PROMPTS
+from .build_workflows import DEMO_CAPTURE, SEGMENTS_PROMPTS, STYLE_PROMPTS
 
 MIN_AREA = 12
 
@@ -32,7 +32,8 @@ def _word_swap(bench: Bench, seed: int) -> bool:
     source, edit = bench.p2p("a red circle and a small blue square", ["a yellow circle and a small blue square"], seed)
     red, blue = _drawn(source, "red"), _drawn(source, "blue")
     return (red is not None and blue is not None and metrics.iou(red, metrics.object_mask(edit, "yellow")) >= 0.8
-            and metrics.iou(blue, metrics.object_mask(edit, "blue")) >= 0.8)
+            and metrics.iou(blue, metrics.object_mask(edit, "blue")) >= 0.8
+            and metrics.background_of(edit) == metrics.background_of(source))
 
 
 def _refinement(bench: Bench, seed: int) -> bool:
@@ -78,13 +79,13 @@ def _attention_segments(bench: Bench, seed: int) -> bool:
     """The circle's segments cover the red circle (IoU at least 0.5 in the world's pixels); blended by them, the
     circle turns yellow and the square is kept."""
     assert isinstance(bench, SegmentBench)
-    images, attention = bench.run(*SEGMENTS_PROMPTS, seed)
+    images, attention = bench.run(*SEGMENTS_PROMPTS, seed, capture=DEMO_CAPTURE)
     source = images[0]
     red, blue = _drawn(source, "red"), _drawn(source, "blue")
     if red is None or blue is None:
         return False
     masks, _ = bench.segments(attention, "circle")
-    edit = bench.run(*SEGMENTS_PROMPTS, seed, blend={"mask": masks})[0][1]
+    edit = bench.run(*SEGMENTS_PROMPTS, seed, blend={"mask": masks}, capture=DEMO_CAPTURE)[0][1]
     return (metrics.iou(world_mask(masks[0]), red) >= 0.5 and metrics.object_mask(edit, "yellow")[red].mean() >= 0.8
             and metrics.psnr(source, edit, blue) >= 35)
 
