@@ -84,7 +84,8 @@ SAVED_BEFORE_V3 = ROOT / "tests" / "fixtures" / "saved_before_v3_attention_maps.
 
 def test_a_workflow_saved_before_the_v3_nodes_queues_the_prompt_of_today(host):
     """A UI-format workflow saved with the V1 nodes (no `positive` socket on P2P Sampler) still loads and makes the
-    same prompt as the current example; the frontend test loads it in the browser too."""
+    same prompt as the current example; the frontend test loads it in the browser too. (Its widget values are the
+    demo model's of today: latent size, view scale and seed were set to v3's when v3 became the demo model.)"""
     saved = to_api(json.loads(SAVED_BEFORE_V3.read_text()), host.nodes.NODE_CLASS_MAPPINGS)
     current = json.loads((ROOT / "example_workflows" / "p2p_demo_attention_maps.json").read_text())
     assert saved == to_api(current, host.nodes.NODE_CLASS_MAPPINGS)
