@@ -1,6 +1,6 @@
 """A latent demo model's autoencoder: reconstruction, latent statistics, and how much colours share a place.
 
-    .venv/bin/python -m bench.autoencoder [--model v2|v3] [--weights FILE] [--scenes 64]
+    .venv/bin/python -m bench.autoencoder [--model v3|v2] [--weights FILE] [--scenes 64]
 
 Reconstruction PSNR of held-out scenes (pictures in -1..1, peak-to-peak 2); each latent channel's mean and
 standard deviation; the coverage channel's error; and, per background, the cosine between the latents of
@@ -22,23 +22,29 @@ from .machine import describe
 
 
 def main() -> None:
-    from shapes_demo.autoencoder import PRESENCE, SHAPES, build_autoencoder, scene_batch
+    from shapes_demo.autoencoder import PRESENCE, SHAPES, build_autoencoder, scene_batch, stored_state
     from shapes_demo.world import BACKGROUNDS, COLORS, Obj, Scene, render
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=tuple(SHAPES), default="v2")
-    parser.add_argument("--weights", type=Path, help="default: the model's autoencoder file")
+    parser.add_argument("--model", choices=tuple(SHAPES), default="v3")
+    parser.add_argument("--weights", type=Path,
+                        help="an autoencoder file (default: the model's, from its own file or its model's weights)")
     parser.add_argument("--scenes", type=int, default=64)
     args = parser.parse_args()
     shape = SHAPES[args.model]
-    args.weights = args.weights or shape.file
+    from safetensors.torch import load_file
+
+    state = load_file(str(args.weights)) if args.weights else stored_state(shape)
+    if state is None:
+        parser.error(f"no {args.model} autoencoder on disk: train it with "
+                     f"`python -m shapes_demo.autoencoder --model {args.model}`")
+    name = args.weights.name if args.weights else f"{args.model}'s"
     torch.set_num_threads(2)
     from tools.host import import_comfy
 
     import_comfy(("--use-pytorch-cross-attention",))
-    from safetensors.torch import load_file
 
-    model = build_autoencoder(load_file(str(args.weights))).eval()
+    model = build_autoencoder(state).eval()
     with torch.inference_mode():
         x, presence, _ = scene_batch(999_999, args.scenes, shape)  # seeds the training never drew
         z = model.taesd_encoder(x * 0.5 + 0.5)  # [B, 4, S/8, S/8]
@@ -60,7 +66,7 @@ def main() -> None:
             cosines[background] = pairs
 
     size = shape.picture_size
-    print(f"\nAutoencoder {args.weights.name}: {args.scenes} held-out scenes, {size}x{size}; machine: {describe()}\n")
+    print(f"\nAutoencoder {name}: {args.scenes} held-out scenes, {size}x{size}; machine: {describe()}\n")
     print(f"reconstruction PSNR: median {np.median(psnr):.1f} dB, worst {psnr.min():.1f} dB")
     means, stds = (" ".join(f"{v:.2f}" for v in t.tolist()) for t in (z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))))
     print(f"latent channels: means {means}; standard deviations {stds}")

@@ -15,7 +15,11 @@ and P2P Invert run unchanged.
         [--init-from FILE]
 
 v3's is v2's fine-tuned at twice the picture size (the same layers see the world at twice the scale), so it
-starts from v2's file, and trains v2's first (its recipe) when that file is missing.
+starts from v2's, and trains v2's first (its recipe) when it is not on disk.
+
+Each demo model's weights file carries its autoencoder ("vae." keys), so only that file is committed; an
+autoencoder is read from its own file (what this script writes) when there is one, else from its model's
+file (`stored_state`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .model import V2_WEIGHTS, WEIGHTS, split_state
+from .prerequisites import found_or_trained
 from .world import render, sample_scene
 
 __all__ = ["AutoencoderShape", "SHAPES", "PICTURE_SIZE", "LATENT_SIZE", "LATENT_CHANNELS", "PRESENCE",
-           "AUTOENCODER", "build_autoencoder", "presence_target", "scene_batch"]
+           "build_autoencoder", "stored_state", "presence_target", "scene_batch"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -43,27 +49,29 @@ class AutoencoderShape:
     """One latent demo model's pictures and latents; TAESD downsamples 8x."""
 
     picture_size: int
-    file: Path
+    file: Path  # where this script writes it
+    model_file: Path  # the demo model's weights, which carry it under "vae." keys
     # The world's mean and spread of a latent cell's object coverage (measured over 1024 scenes; see
     # `presence_target`): the presence channel is the standardised coverage, like the other channels.
     coverage_mean: float
     coverage_std: float
     steps: int  # training steps of its recipe
     lr: float  # the peak learning rate
-    init_from: Path | None = None  # fine-tuned from these weights
+    start: str | None = None  # fine-tuned from this model's autoencoder
 
     @property
     def latent_size(self) -> int:
         return self.picture_size // 8
 
 
-V2 = AutoencoderShape(64, WEIGHTS_DIR / "p2p_shapes_demo_v2_vae.safetensors", 0.10, 0.25, steps=2000, lr=1e-3)
+V2 = AutoencoderShape(64, WEIGHTS_DIR / "p2p_shapes_demo_v2_vae.safetensors", V2_WEIGHTS, 0.10, 0.25, steps=2000,
+                      lr=1e-3)
 # fine-tuning: at v2's 1e-3 the reconstruction fell from 30 to 25 dB in the first 150 steps
-V3 = AutoencoderShape(128, WEIGHTS_DIR / "p2p_shapes_demo_v3_vae.safetensors", 0.10, 0.27, steps=600, lr=2e-4,
-                      init_from=V2.file)
+V3 = AutoencoderShape(128, WEIGHTS_DIR / "p2p_shapes_demo_v3_vae.safetensors", WEIGHTS, 0.10, 0.27, steps=600,
+                      lr=2e-4, start="v2")
 SHAPES = {"v2": V2, "v3": V3}
 # the committed model's (P2P Demo Model's): v3
-PICTURE_SIZE, LATENT_SIZE, AUTOENCODER = V3.picture_size, V3.latent_size, V3.file
+PICTURE_SIZE, LATENT_SIZE = V3.picture_size, V3.latent_size
 LATENT_CHANNELS = 4
 PRESENCE = 0  # the latent channel that carries object coverage
 SUPERSAMPLE = 2  # 2x2 samples per pixel
@@ -112,10 +120,15 @@ def _init(module: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.uniform_(m.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
 
-def model_writing(path: Path) -> str | None:
-    """The model whose autoencoder recipe writes `path` (trained first when a fine-tune starts from a missing
-    file)."""
-    return next((name for name, shape in SHAPES.items() if shape.file == path), None)
+def stored_state(shape: AutoencoderShape) -> dict | None:
+    """The autoencoder's weights from its own file, else from its model's file; None when neither is on disk."""
+    from safetensors.torch import load_file
+
+    if shape.file.is_file():
+        return load_file(str(shape.file))
+    if shape.model_file.is_file():
+        return split_state(load_file(str(shape.model_file)), ("vae",))[0] or None
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,12 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     args.steps = args.steps or shape.steps
     args.lr = args.lr or shape.lr
     args.out = args.out or shape.file
-    args.init_from = args.init_from or shape.init_from
-    if args.init_from is not None and not args.init_from.is_file():
-        if (prerequisite := model_writing(args.init_from)) is None:
+    start = None  # the weights a fine-tune starts from
+    if args.init_from is not None:
+        if not args.init_from.is_file():
             parser.error(f"--init-from: no file at {args.init_from}")
-        print(f"no {prerequisite} autoencoder at {args.init_from}: training it first", flush=True)
-        main(["--model", prerequisite, "--threads", str(args.threads)])
+        from safetensors.torch import load_file
+
+        start = load_file(str(args.init_from))
+    elif (base := shape.start) is not None:
+        start = found_or_trained(f"{base} autoencoder", lambda: stored_state(SHAPES[base]),
+                                 lambda: main(["--model", base, "--threads", str(args.threads)]))
 
     torch.set_num_threads(args.threads)
     from tools.host import import_comfy
@@ -153,10 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     from .train import native_bf16
 
     bf16 = native_bf16()
-    if args.init_from is not None:
-        from safetensors.torch import load_file
-
-        model = build_autoencoder(load_file(str(args.init_from)))
+    if start is not None:
+        model = build_autoencoder(start)
     else:
         model = build_autoencoder()
         _init(model, seed=0)

@@ -5,7 +5,7 @@ on 2 CPU cores), so v2 encodes a pool of scenes once and trains on batches drawn
 `sample_scene(random.Random(scene_seed(i)))`, so a pool is rebuilt exactly from its size and the
 autoencoder; it is cached on disk next to the run's checkpoint.
 
-    pool = load_or_build(path, count, encode)
+    pool = load_or_build(path, count, encode, autoencoder_state)
     latents, shares = pool.latents[rows], pool.shares[rows]   # [B, 4, 8, 8], [B, 3, 8, 8]
 """
 
@@ -81,9 +81,11 @@ def build(count: int, encode, picture_size: int, supersample: int, side: int, wo
     return LatentPool(torch.cat(latents), torch.cat(shares))
 
 
-def load_or_build(path: Path, count: int, encode, autoencoder: Path, **render_args) -> LatentPool:
-    """The pool cached at `path` if it was built from the same autoencoder file and size, else a new one."""
-    key = f"{count}:{hashlib.sha256(autoencoder.read_bytes()).hexdigest()}"
+def load_or_build(path: Path, count: int, encode, autoencoder: dict, **render_args) -> LatentPool:
+    """The pool cached at `path` if it was built from the same autoencoder weights and size, else a new one."""
+    from safetensors.torch import save
+
+    key = f"{count}:{hashlib.sha256(save(autoencoder)).hexdigest()}"
     if path.exists():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:

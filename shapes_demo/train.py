@@ -42,6 +42,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -50,15 +51,28 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import latent_pool
 from .grounding import AttentionRecorder, allowed_tokens, grounding_loss, token_groups
 from .model import TEXT_CONFIG, V1_WEIGHTS, V2_WEIGHTS, WEIGHTS
+from .prerequisites import found_or_trained
 from .text_encoder import TextEncoder
 from .world import SIZE, render, sample_scene, world_vocabulary
 
 EMPTY_CAPTION_RATE = 0.1
-RECIPES = {  # the runs' settings (MODEL.md)
+
+
+class Recipe(TypedDict, total=False):
+    steps: int
+    grounding_steps: int
+    batch: int
+    pool: int
+    lr: float
+    out: Path
+    start: str  # a fine-tune: the model whose weights it starts from
+
+
+RECIPES: dict[str, Recipe] = {  # the runs' settings (MODEL.md)
     "v1": {"steps": 3600, "grounding_steps": 1500, "batch": 32, "pool": 0, "lr": 1e-3, "out": V1_WEIGHTS},
     "v2": {"steps": 8000, "grounding_steps": 2000, "batch": 64, "pool": 60_000, "lr": 1e-3, "out": V2_WEIGHTS},
     "v3": {"steps": 3000, "grounding_steps": 1000, "batch": 64, "pool": 30_000, "lr": 5e-4, "out": WEIGHTS,
-           "init_from": V2_WEIGHTS},
+           "start": "v2"},  # fine-tuned from v2's weights (RECIPES["v2"]["out"])
 }
 MIN_SNR_GAMMA = 5.0
 
@@ -156,11 +170,6 @@ def init_for_training(module: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.zeros_(m.bias)
 
 
-def recipe_writing(path: Path) -> str | None:
-    """The model whose recipe writes `path` (trained first when a fine-tune starts from a missing file)."""
-    return next((name for name, recipe in RECIPES.items() if recipe["out"] == path), None)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="first phase (default: the model's recipe, RECIPES)")
@@ -187,20 +196,25 @@ def main(argv: list[str] | None = None) -> None:
                              "to 128x128 pictures and 16x16 latents")
     parser.add_argument("--pool", type=int, help="latent models: scenes encoded once and drawn from")
     parser.add_argument("--autoencoder", type=Path, help="a latent model's autoencoder (default: the one "
-                        "`python -m shapes_demo.autoencoder --model MODEL` writes)")
+                        "`python -m shapes_demo.autoencoder --model MODEL` writes, else the one the model's weights "
+                        "carry, else trained first)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init-from", type=Path,
                         help="start from these weights (a file this script wrote) instead of a random initialisation")
     args = parser.parse_args(argv)
-    for name, value in RECIPES[args.model].items():  # what the command line leaves unset
-        if getattr(args, name) is None:
+    recipe = RECIPES[args.model]
+    for name, value in recipe.items():  # what the command line leaves unset (`start` is no option)
+        if getattr(args, name, value) is None:
             setattr(args, name, value)
-    if args.init_from is not None and not args.init_from.is_file():
-        if (prerequisite := recipe_writing(args.init_from)) is None:
-            parser.error(f"--init-from: no file at {args.init_from}")
-        print(f"no {prerequisite} weights at {args.init_from}: training {prerequisite} first (its recipe)", flush=True)
-        main(["--model", prerequisite, "--threads", str(args.threads), "--device", args.device,
-              "--workers", str(args.workers), "--precision", args.precision])
+    for flag, path in (("--init-from", args.init_from), ("--autoencoder", args.autoencoder)):
+        if path is not None and not path.is_file():
+            parser.error(f"{flag}: no file at {path}")
+    if args.init_from is None and (base := recipe.get("start")) is not None:
+        base_weights = RECIPES[base]["out"]
+        args.init_from = found_or_trained(
+            f"{base} weights", lambda: base_weights if base_weights.is_file() else None,
+            lambda: main(["--model", base, "--threads", str(args.threads), "--device", args.device,
+                          "--workers", str(args.workers), "--precision", args.precision]))
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -221,15 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     if latent:
         from safetensors.torch import load_file
 
-        from .autoencoder import SHAPES, SUPERSAMPLE, build_autoencoder
+        from .autoencoder import SHAPES, SUPERSAMPLE, build_autoencoder, stored_state
         from .autoencoder import main as train_autoencoder
 
         shape = SHAPES[args.model]
-        autoencoder = args.autoencoder or shape.file
-        if not autoencoder.is_file():  # phase 0: the autoencoder, with its own defaults
-            print(f"no autoencoder at {autoencoder}: training it first", flush=True)
-            train_autoencoder(["--model", args.model, "--out", str(autoencoder), "--threads", str(args.threads)])
-        autoencoder_state = load_file(str(autoencoder))
+        if args.autoencoder is not None:
+            autoencoder_state = load_file(str(args.autoencoder))
+        else:  # phase 0: the autoencoder, with its own recipe
+            autoencoder_state = found_or_trained(
+                f"{args.model} autoencoder", lambda: stored_state(shape),
+                lambda: train_autoencoder(["--model", args.model, "--threads", str(args.threads)]))
         encoder = build_autoencoder(autoencoder_state).taesd_encoder.requires_grad_(False).eval().to(device)
 
         def encode(pictures: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in -1..1 -> [B, 4, S/8, S/8]
@@ -241,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         model_config = functools.partial(model_v2.model_config, unet_config)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pool = latent_pool.load_or_build(
-            args.out.with_suffix(".pool.pt"), args.pool, encode, autoencoder,
+            args.out.with_suffix(".pool.pt"), args.pool, encode, autoencoder_state,
             picture_size=shape.picture_size, supersample=SUPERSAMPLE, side=shape.latent_size, workers=args.workers)
         pool = latent_pool.LatentPool(pool.latents.to(device), pool.shares)
         print(f"latent pool: {len(pool)} scenes", flush=True)

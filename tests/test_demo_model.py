@@ -369,18 +369,50 @@ def test_latent_training_runs_from_the_autoencoder_to_loadable_weights(tmp_path,
 
 
 def test_a_fine_tune_trains_the_model_it_starts_from_when_its_weights_are_missing():
-    """v3 starts from v2, whose weights are no longer committed: its recipes name v2's files, which v2's
-    recipes write, so a run from scratch trains v2 first; any other missing file is an error."""
+    """v3 starts from v2, whose weights are no longer committed: its recipes name v2, whose recipes write the
+    files v3's look for, so a run from scratch trains v2 first; a missing file named on the command line is an
+    error."""
     import subprocess
     import sys
 
     from shapes_demo import autoencoder, train
-    from shapes_demo.model import V2_WEIGHTS
 
-    v2_autoencoder = autoencoder.SHAPES["v2"].file
-    assert train.RECIPES["v3"]["init_from"] == V2_WEIGHTS and train.recipe_writing(V2_WEIGHTS) == "v2"
-    assert autoencoder.SHAPES["v3"].init_from == v2_autoencoder and autoencoder.model_writing(v2_autoencoder) == "v2"
-    for module in ("shapes_demo.train", "shapes_demo.autoencoder"):
-        done = subprocess.run([sys.executable, "-m", module, "--model", "v3", "--init-from", "missing.safetensors"],
+    assert train.RECIPES["v3"]["start"] == "v2" and autoencoder.SHAPES["v3"].start == "v2"
+    assert autoencoder.SHAPES["v2"].model_file == train.RECIPES["v2"]["out"]
+    for module, flag in (("shapes_demo.train", "--init-from"), ("shapes_demo.train", "--autoencoder"),
+                         ("shapes_demo.autoencoder", "--init-from")):
+        done = subprocess.run([sys.executable, "-m", module, "--model", "v3", flag, "missing.safetensors"],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and "--init-from: no file at missing.safetensors" in done.stderr
+        assert done.returncode == 2 and f"{flag}: no file at missing.safetensors" in done.stderr
+
+
+def test_an_autoencoder_is_read_from_its_file_else_from_its_model_weights(tmp_path):
+    """Only the model's weights are committed; they carry the autoencoder, which training and the autoencoder
+    bench read when its own file is missing, and which training writes back into the model's file."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from shapes_demo.autoencoder import SHAPES, stored_state
+    from shapes_demo.model import WEIGHTS, split_state
+    from shapes_demo.prerequisites import found_or_trained
+
+    v3 = SHAPES["v3"]
+    assert v3.model_file == WEIGHTS
+    carried = split_state(load_file(str(WEIGHTS)), ("vae",))[0]
+    nowhere = replace(v3, file=tmp_path / "vae.safetensors", model_file=tmp_path / "model.safetensors")
+    from_model = stored_state(replace(v3, file=nowhere.file))
+    assert carried and from_model is not None and from_model.keys() == carried.keys()
+    assert all(torch.equal(from_model[k], carried[k]) for k in carried)
+    assert stored_state(nowhere) is None
+    own = {k: v + 1 for k, v in list(carried.items())[:2]}
+    save_file(own, str(nowhere.file))
+    from_own = stored_state(nowhere)
+    assert from_own is not None and from_own.keys() == own.keys()  # its own file first
+
+    trained = []
+    assert found_or_trained("x", lambda: stored_state(nowhere), lambda: trained.append(1)) is not None
+    assert not trained  # found: nothing trained
+    nowhere.file.unlink()
+    found = found_or_trained("x", lambda: stored_state(nowhere), lambda: save_file(own, str(nowhere.file)))
+    assert found.keys() == own.keys()
