@@ -6,13 +6,18 @@ Reconstruction PSNR of held-out scenes (pictures in -1..1, peak-to-peak 2); each
 standard deviation; the coverage channel's error; and, per background, the cosine between the latents of
 (object - empty background) for two colours drawn at the same place, over the 15 colour pairs: 1 means the
 noise that favours one colour's object at a place favours any colour's there, which is what v2's latent
-was trained for (v1's pixels: 0.66 / 0.61 / -0.12 on white / black / gray).
+was trained for (v1's pixels: 0.66 / 0.61 / -0.12 on white / black / gray). Last, the colour swap through the
+autoencoder alone: one-object scenes and the same scenes with the object in another colour, each encoded and
+decoded, and the IoU of the two decoded objects in the world's pixels, as ShapesBench scores a colour swap: what
+the autoencoder leaves of the best IoU a diffusion model's edit can reach.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import random
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +27,11 @@ from .machine import describe
 
 
 def main() -> None:
+    from shapes_demo import metrics
     from shapes_demo.autoencoder import PRESENCE, SHAPES, build_autoencoder, scene_batch, stored_state
-    from shapes_demo.world import BACKGROUNDS, COLORS, Obj, Scene, render
+    from shapes_demo.world import BACKGROUNDS, COLORS, Obj, Scene, render, sample_scene
+
+    from .shapesbench import SMALL_OBJECT
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=tuple(SHAPES), default="v3")
@@ -65,6 +73,19 @@ def main() -> None:
                 pairs.append(torch.nn.functional.cosine_similarity(a, b, dim=0).item())
             cosines[background] = pairs
 
+        swap_ious: dict[bool, list[float]] = {True: [], False: []}  # source under SMALL_OBJECT px -> IoUs
+        rng = random.Random(999_999)
+        for _ in range(args.scenes):
+            scene = sample_scene(rng, max_objects=1)
+            source = dataclasses.replace(scene.objects[0], striped=False)
+            edited = dataclasses.replace(source, color=rng.choice([c for c in COLORS if c != source.color]))
+            pictures = np.stack([render(Scene((o,), scene.background), supersample=2, size=shape.picture_size)[0]
+                                 for o in (source, edited)])  # [2, S, S, 3]
+            decoded = model.taesd_decoder(model.taesd_encoder(torch.from_numpy(pictures).permute(0, 3, 1, 2)))
+            world = metrics.to_world_pixels(decoded.clamp(0, 1).permute(0, 2, 3, 1).numpy())
+            masks = [metrics.object_mask(image, o.color) for image, o in zip(world, (source, edited), strict=True)]
+            swap_ious[metrics.area(masks[0]) < SMALL_OBJECT].append(metrics.iou(*masks))
+
     size = shape.picture_size
     print(f"\nAutoencoder {name}: {args.scenes} held-out scenes, {size}x{size}; machine: {describe()}\n")
     print(f"reconstruction PSNR: median {np.median(psnr):.1f} dB, worst {psnr.min():.1f} dB")
@@ -75,6 +96,10 @@ def main() -> None:
     print("|---|---|---|")
     for background, pairs in cosines.items():
         print(f"| {background} | {np.mean(pairs):.2f} | {np.min(pairs):.2f} |")
+    every = swap_ious[True] + swap_ious[False]
+    print(f"\ncolour swap through the autoencoder alone, object IoU: {np.mean(every):.3f} ({len(every)} scenes); "
+          f"objects under {SMALL_OBJECT} px {np.mean(swap_ious[True]):.3f} ({len(swap_ious[True])}), "
+          f"of at least {SMALL_OBJECT} px {np.mean(swap_ious[False]):.3f} ({len(swap_ious[False])})")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ STEPS, CFG, SAMPLER, SCHEDULER = 30, 5.0, "euler", "normal"
 CONTROL = ("cross_replace", "self_replace", "self_layers")  # P2PEditSpec's attention-control inputs
 REWEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 MIN_OBJECT = 6  # pixels: fewer means the source did not draw the object, and the case is skipped
+# pixels: colour swaps are also scored apart for sources under this area (a circle of radius 4.4, between the
+# world's small and big), where an outline moved by one pixel costs a large share of the IoU
+SMALL_OBJECT = 60
 
 
 @dataclass
@@ -135,11 +138,14 @@ def color_swap(bench: Bench, scenes: int) -> Result:
         target = _other(rng, COLORS, color)
         source_prompt, target_prompt = _object(color, shape), _object(target, shape)
         source, edited = bench.p2p(source_prompt, [target_prompt], seed=i)
-        if metrics.area(metrics.object_mask(source, color)) < MIN_OBJECT:
+        source_area = metrics.area(metrics.object_mask(source, color))
+        if source_area < MIN_OBJECT:
             result.skipped += 1
             continue
-        _color_edit_scores(result, "p2p", source, edited, color, target)
-        _color_edit_scores(result, "baseline", source, bench.baseline(target_prompt, seed=i), color, target)
+        by_size = f"iou, source {'under' if source_area < SMALL_OBJECT else 'of at least'} {SMALL_OBJECT} px"
+        for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=i))):
+            _color_edit_scores(result, side, source, image, color, target)
+            result.add(side, by_size, getattr(result, side)["iou"][-1])
     return result
 
 

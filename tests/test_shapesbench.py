@@ -40,6 +40,11 @@ def test_colour_swap_recolours_the_object_in_place(bench):
     assert result.mean("p2p", "target color") >= 0.8  # (90%; baseline 70%)
     assert result.mean("p2p", "iou") >= 0.72  # (0.805)
     assert result.mean("baseline", "iou") <= result.mean("p2p", "iou") - 0.2  # (0.548)
+    for side in ("p2p", "baseline"):  # the IoU by the source object's size splits the same cases
+        scores = getattr(result, side)
+        small, large = (scores.get(f"iou, source {split} {shapesbench.SMALL_OBJECT} px", [])
+                        for split in ("under", "of at least"))
+        assert sorted(small + large) == sorted(scores["iou"])
 
 
 def test_reweighting_big_grows_the_object(bench):
