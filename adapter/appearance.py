@@ -5,7 +5,8 @@ all from their inverted noise. Items 1 and 2 follow their inverted paths (set be
 predictions the ones that land on the path's next latent), so they lend the output the keys and values of the
 real pictures. The output starts at the structure's inverted noise; an attn1 replace patch on the decoder's
 self-attention gives its rows the appearance's keys and values in the swap steps, and a PREDICT_NOISE wrapper
-sets its latent's channel statistics to the appearance's (AdaIN) from `adain_start` on and, with swap guidance,
+sets its latent's channel statistics to the appearance's (AdaIN; within the two objects' masks when given) from
+`adain_start` on and, with swap guidance,
 evaluates the model a second time without the swap and extrapolates the output's prediction through the two.
 """
 
@@ -22,13 +23,16 @@ from comfy.patcher_extension import WrappersMP
 
 from ..p2p.cross_image import AppearanceSpec, contrasted_attention, latent_adain, swap_guided
 from ..p2p.inversion import Inversion, landing_prediction, trajectory_at
+from ..p2p.local_blend import region_mask
 from ..p2p.schedule import sigma_after, step_of_sigma, steps_at
+from ..p2p.spec import REGION_THRESHOLD
+from .edits import mask_region
 from .errors import input_error
 from .inversion import InversionBundle, check_inversion_model, same_schedule, start_at
 from .patch import Prior, install_replace, layer_call
 from .unet import AttentionSite, attention_sites
 
-__all__ = ["NODE", "OUTPUT", "STRUCTURE", "APPEARANCE", "TransferRun", "CrossImagePatch", "transfer"]
+__all__ = ["NODE", "OUTPUT", "STRUCTURE", "APPEARANCE", "TransferRun", "CrossImagePatch", "object_cells", "transfer"]
 
 log = logging.getLogger("prompt_to_prompt")
 NODE = "P2PAppearanceTransfer"
@@ -46,6 +50,7 @@ class TransferRun:
     structure: Inversion
     appearance: Inversion
     sigmas: list[float]
+    cells: tuple[torch.Tensor, torch.Tensor] | None = None  # the two objects' latent cells [H, W] bool, or None
     step: int = 0
     swapping: bool = True
     warned: set = field(default_factory=set)
@@ -67,7 +72,8 @@ class TransferRun:
         for item, path in paths.items():
             x[item] = trajectory_at(path, sigma).to(x)
         if self.step >= steps_at(self.spec.adain_start, self.num_steps):
-            x[OUTPUT] = latent_adain(x[OUTPUT], x[APPEARANCE])
+            cells, ref_cells = (c.to(x.device) for c in self.cells) if self.cells else (None, None)
+            x[OUTPUT] = latent_adain(x[OUTPUT], x[APPEARANCE], cells, ref_cells)
         denoised = executor(x, timestep, model_options, seed).clone()
         strength = self.spec.swap_strength(self.step, self.num_steps)
         if strength != 1.0:
@@ -143,10 +149,32 @@ def _check_inputs(model, structure: InversionBundle, appearance: InversionBundle
                           "invert both with the same steps and scheduler")
 
 
+def object_cells(structure_mask: torch.Tensor | None, appearance_mask: torch.Tensor | None,
+                 size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two MASK inputs as the latent cells [H, W] bool of each picture's object, for masked AdaIN; None when
+    neither is given."""
+    masks = {"structure_mask": structure_mask, "appearance_mask": appearance_mask}
+    if structure_mask is None and appearance_mask is None:
+        return None
+    cells = []
+    for name, mask in masks.items():
+        other = next(n for n in masks if n != name)
+        if mask is None:
+            raise input_error(NODE, name, f"is missing: masked AdaIN needs both objects' masks, and {other} is given")
+        region = region_mask(mask_region(NODE, name, mask), size)[0, 0]  # [H, W] bool
+        if int(region.sum()) < 2:
+            raise input_error(NODE, name, f"covers {int(region.sum())} of the latent's {size[1]}x{size[0]} cells (a "
+                              f"cell is in where the mask averages above {REGION_THRESHOLD}); masked AdaIN needs at "
+                              "least two, to measure the object's spread")
+        cells.append(region)
+    return cells[0], cells[1]
+
+
 def transfer(model, structure: InversionBundle, appearance: InversionBundle, positive, negative, sampler_name: str,
-             spec: AppearanceSpec) -> torch.Tensor:
+             spec: AppearanceSpec, structure_mask: torch.Tensor | None = None,
+             appearance_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample the output beside the two retraced pictures: [3, C, H, W] (output, structure, appearance), in the
-    LATENT's space."""
+    LATENT's space. With both masks (MASK inputs, any size), AdaIN is masked to the two objects."""
     _check_inputs(model, structure, appearance)
     try:
         sites = attention_sites(model)
@@ -154,7 +182,8 @@ def transfer(model, structure: InversionBundle, appearance: InversionBundle, pos
         raise input_error(NODE, "model", f"{e}. Appearance transfer here swaps UNet self-attention; transformer "
                           "models (Flux, Chroma, SD3) are not supported yet") from None
     s, a = structure.inversion, appearance.inversion
-    run = TransferRun(spec, s, a, [float(x) for x in s.sigmas])
+    cells = object_cells(structure_mask, appearance_mask, (s.trajectory.shape[-2], s.trajectory.shape[-1]))
+    run = TransferRun(spec, s, a, [float(x) for x in s.sigmas], cells)
     patched = model.clone()
     decoder = [site for site in sites if site.key[0] == "output"]
     install_replace(patched, "attn1", decoder, lambda block_sites, priors: CrossImagePatch(run, block_sites, priors))

@@ -14,7 +14,7 @@ from .bundle import EditBundle
 from .errors import input_error, node_input
 from .tokenize import prompt_tokens, word_splitter
 
-__all__ = ["SELF_LAYERS", "EditSettings", "BlendSettings", "edit_spec", "reweight", "local_blend", "blend_region"]
+__all__ = ["SELF_LAYERS", "EditSettings", "BlendSettings", "edit_spec", "reweight", "local_blend", "mask_region"]
 
 log = logging.getLogger("prompt_to_prompt")
 
@@ -139,7 +139,7 @@ def local_blend(node: str, edit: EditBundle, s: BlendSettings) -> EditBundle:
 
     source_pos = positions(batch.source, s.source_words, "source_words")
     target_pos = positions(last.target, s.target_words, "target_words")
-    region = None if s.mask is None else blend_region(node, s.mask)
+    region = None if s.mask is None else mask_region(node, "mask", s.mask)
     if not source_pos and not target_pos and region is None:
         raise input_error(node, "source_words", "name at least one word of the source or the edited prompt, or "
                           "connect a mask")
@@ -160,13 +160,13 @@ def local_blend(node: str, edit: EditBundle, s: BlendSettings) -> EditBundle:
     return edit.with_batch(batch.with_last(last.blended(spec)))
 
 
-def blend_region(node: str, mask: torch.Tensor) -> torch.Tensor:
-    """A MASK ([B, H, W] or [H, W], any size) as one [H, W] float region: the union of its batch."""
+def mask_region(node: str, name: str, mask: torch.Tensor) -> torch.Tensor:
+    """The MASK input `name` ([B, H, W] or [H, W], any size) as one [H, W] float region: the union of its batch."""
     if mask.ndim not in (2, 3) or mask.numel() == 0:
-        raise input_error(node, "mask", f"is of shape {tuple(mask.shape)}; a MASK is [batch, height, width]")
+        raise input_error(node, name, f"is of shape {tuple(mask.shape)}; a MASK is [batch, height, width]")
     region = (mask if mask.ndim == 2 else mask.amax(dim=0)).detach().float().cpu()
     if not bool(torch.isfinite(region).all()):
-        raise input_error(node, "mask", "holds NaN or infinite values")
+        raise input_error(node, name, "holds NaN or infinite values")
     return region
 
 

@@ -9,7 +9,8 @@ colour, elsewhere, on white). Both are inverted with P2PInvert (its default meth
 pixels: the IoU of the output's object (every pixel not classified as background) with the structure picture's
 exact object mask (layout kept), and the share of those mask pixels drawn in the appearance colour (look taken).
 Columns: the node's defaults; without swap guidance; without AdaIN; without the attention swap (AdaIN
-alone); neither (the structure's inverted noise regenerated: the no-attention baseline). Prints a markdown
+alone); neither (the structure's inverted noise regenerated: the no-attention baseline); and masked AdaIN (the
+paper's default), given the two pictures' exact object masks, with and without swap guidance. Prints a markdown
 table with the machine described.
 """
 
@@ -29,12 +30,15 @@ from shapes_demo.world import COLORS, SHAPES, SIZES, Obj, Scene, render, with_ar
 from .machine import describe
 from .shapesbench import CFG, STEPS, Bench, node_defaults
 
+MASKED = "masked"  # a run given the two pictures' object masks (structure_mask, appearance_mask)
 RUNS = {  # P2PAppearanceTransfer's inputs over its defaults
     "default": {},
     "no swap guidance": {"swap_guidance": 1.0},
     "no AdaIN": {"adain_start": 1.0},
     "AdaIN alone (no swap)": {"start": 0.0, "end": 0.0, "end_half": 0.0},
     "neither (baseline)": {"start": 0.0, "end": 0.0, "end_half": 0.0, "adain_start": 1.0},
+    "masked AdaIN": {MASKED: True},
+    "masked AdaIN, no swap guidance": {MASKED: True, "swap_guidance": 1.0},
 }
 
 
@@ -85,9 +89,12 @@ def measure(bench: AppearanceBench, scenes: int) -> dict[str, dict[str, list[flo
             structure = bench.invert(structure_scene, prompt, picture_size)
             appearance = bench.invert(appearance_scene, prompt, picture_size)
         _, (mask,) = render(structure_scene)
+        object_masks = {f"{name}_mask": torch.from_numpy(render(scene, size=picture_size)[1][0]).float()[None]
+                        for name, scene in (("structure", structure_scene), ("appearance", appearance_scene))}
         for name, changes in RUNS.items():
+            inputs = {k: v for k, v in changes.items() if k != MASKED} | (object_masks if MASKED in changes else {})
             with torch.inference_mode():
-                out = bench.transfer(structure, appearance, prompt, changes)
+                out = bench.transfer(structure, appearance, prompt, inputs)
             foreground = ~np.char.startswith(metrics.classify(out).astype(str), "background:")
             row = scores[name]
             row.setdefault("layout: object IoU with the structure's", []).append(metrics.iou(foreground, mask))

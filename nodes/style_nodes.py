@@ -14,6 +14,7 @@ from ..adapter.sampling import intermediate
 from ..adapter.style_aligned import NODE, ReferencePin, install_style_aligned, parse_spec
 from ..p2p import ADAIN_MODES, LAYER_GROUPS, P2PError, SharedAttentionSpec, parse_items
 from ..p2p.cross_image import AppearanceSpec
+from ..p2p.spec import REGION_THRESHOLD
 from .sockets import CATEGORY, Inversion
 
 __all__ = ["P2PStyleAligned", "P2PPromptBatch", "P2PAppearanceTransfer"]
@@ -165,6 +166,14 @@ class P2PAppearanceTransfer(io.ComfyNode):
                     "Pushes the output further from what it would be without the swap, as CFG pushes from the empty "
                     "prompt (the paper's 3.5, easing to half of it over the steps). Each swap step then evaluates "
                     "the model twice. 1: off.")),
+                io.Mask.Input("structure_mask", optional=True, tooltip=(
+                    "The object in the structure picture (any size, scaled to the latent: a cell is in where the "
+                    f"mask averages above {REGION_THRESHOLD:g}). With appearance_mask, AdaIN is masked as in the "
+                    "paper: only the object takes the appearance object's channel mean and spread, the background "
+                    "keeps its own.")),
+                io.Mask.Input("appearance_mask", optional=True, tooltip=(
+                    "The object in the appearance picture, for masked AdaIN with structure_mask (give both or "
+                    "neither). Any mask node's output, or a mask painted on the picture.")),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The output."),
@@ -175,12 +184,14 @@ class P2PAppearanceTransfer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, structure, appearance, positive, negative, sampler_name, start, end, end_half,
-                contrast, adain_start, swap_guidance=TRANSFER.swap_guidance) -> io.NodeOutput:
+                contrast, adain_start, swap_guidance=TRANSFER.swap_guidance, structure_mask=None,
+                appearance_mask=None) -> io.NodeOutput:
         try:
             spec = AppearanceSpec(start=start, end=end, end_half=end_half, contrast=contrast, adain_start=adain_start,
                                   swap_guidance=swap_guidance)
         except P2PError as e:
             name, _, reason = str(e).partition(": ")
             raise input_error(TRANSFER_NODE, name, reason) from None
-        samples = intermediate(transfer(model, structure, appearance, positive, negative, sampler_name, spec))
+        samples = intermediate(transfer(model, structure, appearance, positive, negative, sampler_name, spec,
+                                        structure_mask, appearance_mask))
         return io.NodeOutput({"samples": samples[:1]}, {"samples": samples})

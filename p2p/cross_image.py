@@ -10,9 +10,10 @@ semantically matching place of the appearance picture and takes its look from th
 The contrast (the paper's 1.67) sharpens the correspondence: probabilities below (1 - 1/contrast) of the row's mean
 drop to 0 and the strong matches grow. The clip keeps the map from being a fused kernel's softmax, so it is computed
 in query chunks that bound the scores held at once. Between steps the output latent's channel statistics are set to
-the appearance latent's (AdaIN), which carries the overall colour. Swap guidance (the paper's 3.5) extrapolates
-from the output's prediction without the swap through the one with it, as classifier-free guidance does from the
-empty prompt through the prompt:
+the appearance latent's (AdaIN), which carries the overall colour; given the two objects' masks, only the
+structure object's statistics are set to the appearance object's (masked AdaIN, the paper's default). Swap
+guidance (the paper's 3.5) extrapolates from the output's prediction without the swap through the one with it, as
+classifier-free guidance does from the empty prompt through the prompt:
 
     prediction = no_swap + strength * (swap - no_swap),    strength falling linearly from g to max(g / 2, 1)
 """
@@ -101,9 +102,19 @@ def swap_guided(no_swap: torch.Tensor, swap: torch.Tensor, strength: float) -> t
     return no_swap + strength * (swap - no_swap)
 
 
-def latent_adain(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """x [C, H, W] with each channel's mean and spread over the picture set to ref's [C, H', W']."""
+def latent_adain(x: torch.Tensor, ref: torch.Tensor, cells: torch.Tensor | None = None,
+                 ref_cells: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """x [C, H, W] with each channel's mean and spread set to ref's [C, H', W'].
+
+    With `cells` [H, W] and `ref_cells` [H', W'] (bool, at least two cells each), the paper's masked AdaIN: the
+    statistics of x's cells are set to those of ref's cells, and x is unchanged outside its cells, so an object
+    takes the other object's colour and the background keeps its own."""
     xf, rf = x.float().flatten(1), ref.float().flatten(1)  # [C, N], [C, N']
-    mean, std = xf.mean(1, keepdim=True), (xf.var(1, keepdim=True) + eps).sqrt()
-    ref_mean, ref_std = rf.mean(1, keepdim=True), (rf.var(1, keepdim=True) + eps).sqrt()
-    return ((xf - mean) / std * ref_std + ref_mean).reshape(x.shape).to(x.dtype)
+    own = xf if cells is None else xf[:, cells.flatten()]  # [C, n]
+    other = rf if ref_cells is None else rf[:, ref_cells.flatten()]  # [C, n']
+    mean, std = own.mean(1, keepdim=True), (own.var(1, keepdim=True) + eps).sqrt()
+    ref_mean, ref_std = other.mean(1, keepdim=True), (other.var(1, keepdim=True) + eps).sqrt()
+    out = (xf - mean) / std * ref_std + ref_mean  # [C, N]
+    if cells is not None:
+        out = torch.where(cells.flatten(), out, xf)
+    return out.reshape(x.shape).to(x.dtype)

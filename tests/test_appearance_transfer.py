@@ -1,6 +1,6 @@
 """P2P Appearance Transfer through ComfyUI's own executor (tiny random SD1.5-shaped model): the two pictures retrace
 their inversions, without the swap the output is the structure picture, the swap changes it, swap guidance pushes
-it further, bad inputs name the input."""
+it further, masked AdaIN over whole pictures is plain AdaIN, bad inputs name the input."""
 
 from typing import Any
 
@@ -18,8 +18,13 @@ NO_SWAP = {"start": 0.0, "end": 0.0, "end_half": 0.0, "adain_start": 1.0}
 ADAIN_ALONE = {"start": 0.0, "end": 0.0, "end_half": 0.0}
 
 
-def transfer_graph(appearance_size=128, appearance_steps=STEPS, **inputs):
+def transfer_graph(appearance_size=128, appearance_steps=STEPS, masks=None, **inputs):
+    """masks: {"structure_mask" or "appearance_mask": (x, y, width, height)}, a square of ones on a 128x128 MASK."""
     g = Graph()
+    for name, (x, y, width, height) in (masks or {}).items():
+        empty = g.node("SolidMask", f"{name}_empty", value=0.0, width=128, height=128)
+        square = g.node("SolidMask", f"{name}_square", value=1.0, width=width, height=height)
+        inputs[name] = g.node("MaskComposite", name, destination=empty, source=square, x=x, y=y, operation="add")
     loader = g.node("RandomModelLoader", "loader", shape="sd15", seed=0, dtype="float32")
     neg = g.node("CLIPTextEncode", "negative", clip=loader.out(1), text="")
     inversions = {}
@@ -48,8 +53,11 @@ def _ends(out, model):
 def runs(host):
     """The default transfer and the one without swap and AdaIN, with the inversions and the model."""
     out = {}
+    whole, objects = (0, 0, 128, 128), {"structure_mask": (16, 32, 64, 48), "appearance_mask": (40, 8, 80, 96)}
     for key, inputs in (("default", {}), ("no_swap", NO_SWAP), ("contrast_1", {"contrast": 1.0}),
-                        ("adain_alone", ADAIN_ALONE), ("unguided", {"swap_guidance": 1.0})):
+                        ("adain_alone", ADAIN_ALONE), ("unguided", {"swap_guidance": 1.0}),
+                        ("masked_whole", {"masks": {"structure_mask": whole, "appearance_mask": whole}}),
+                        ("masked", {"masks": objects})):
         out[key] = host.run(transfer_graph(**inputs).prompt(), keep=("transfer", "structure", "appearance", "loader"))
     return out
 
@@ -88,11 +96,22 @@ def test_swap_guidance_pushes_the_output_further_from_its_unswapped_run(runs):
     assert torch.equal(outputs["default"][1:], outputs["unguided"][1:])
 
 
+def test_masked_adain_over_whole_pictures_is_plain_adain_and_objects_change_the_output(runs):
+    outputs = {key: runs[key]["transfer"][1]["samples"] for key in runs}
+    assert torch.equal(outputs["masked_whole"], outputs["default"])
+    assert relative_error(outputs["masked"][0], outputs["default"][0]) > 1e-4
+    assert torch.equal(outputs["masked"][1:], outputs["default"][1:])
+
+
 @pytest.mark.parametrize("inputs, name, message", [
+    ({"masks": {"structure_mask": (0, 0, 64, 64)}}, "appearance_mask",
+     "is missing: masked AdaIN needs both objects' masks, and structure_mask is given"),
+    ({"masks": {"structure_mask": (0, 0, 64, 64), "appearance_mask": (8, 8, 8, 8)}}, "appearance_mask",
+     r"covers 1 of the latent's 16x16 cells \(a cell is in where the mask averages above 0.5\)"),
     ({"appearance_size": 96}, "appearance", "its latent is 12x16, the structure's 16x16"),
     ({"appearance_steps": 5}, "appearance", r"was inverted with another schedule \(5 steps"),
     ({"start": 0.5, "end": 0.4}, "end", "the swap must end at or after its start"),
-], ids=["size", "schedule", "window"])
+], ids=["one mask", "one cell", "size", "schedule", "window"])
 def test_bad_inputs_name_the_input(host, inputs, name, message):
     with pytest.raises(HostError, match=rf"P2PAppearanceTransfer: input '{name}': {message}"):
         host.run(transfer_graph(**inputs).prompt(), keep=("transfer",))

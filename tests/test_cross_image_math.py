@@ -57,6 +57,23 @@ def test_latent_adain_takes_the_references_channel_statistics():
     assert torch.corrcoef(torch.stack([out[0].flatten(), x[0].flatten()]))[0, 1] > 0.9999
 
 
+def test_masked_adain_sets_the_objects_statistics_and_leaves_the_rest():
+    """The paper's masked AdaIN: the statistics of x's cells become those of ref's cells, x is unchanged elsewhere,
+    and masks covering everything are plain AdaIN."""
+    g = torch.Generator().manual_seed(4)
+    x, ref = torch.randn(4, 8, 8, generator=g), torch.randn(4, 6, 6, generator=g)
+    ref_cells = torch.zeros(6, 6, dtype=torch.bool)
+    ref_cells[1:4, 2:6] = True
+    ref[:, ref_cells] = ref[:, ref_cells] * 0.5 + 3  # the reference's object: another colour than its background
+    cells = torch.rand(8, 8, generator=g) < 0.4
+    out = latent_adain(x, ref, cells, ref_cells)
+    torch.testing.assert_close(out[:, cells].mean(1), ref[:, ref_cells].mean(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, cells].std(1), ref[:, ref_cells].std(1), atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[:, ~cells], x[:, ~cells])
+    everywhere = torch.ones(8, 8, dtype=torch.bool), torch.ones(6, 6, dtype=torch.bool)
+    assert torch.equal(latent_adain(x, ref, *everywhere), latent_adain(x, ref))
+
+
 def test_the_windows_are_the_papers_per_layer_size():
     spec = AppearanceSpec()
     full, half = spec.window(1), spec.window(2)
