@@ -1,14 +1,15 @@
 """SegmentBench: P2P Attention Segments on the demo model, against the attention-threshold mask of P2P Local Blend.
 
-    .venv/bin/python -m bench.segments [--scenes 50] [--steps 30]
+    .venv/bin/python -m bench.segments [--scenes 50] [--steps 30] [--resolution 1/1]
 
 Each scene is the local-blend scene of ShapesBench: two objects of different colours and shapes, the left one's
 colour swapped. Three runs of P2PSampler with the same seed: one capturing attention (the node defaults, with
-self-attention), one blended by P2PLocalBlend's words (the attention-threshold mask, node defaults) and one
-blended by the mask of the left object's segments (P2PAttentionSegments with the two shape words, node
-defaults; the blend's words left empty). Measured in the world's 32x32 pixels against the source picture's
-exact object masks (`shapes_demo.metrics.object_mask`): the IoU of each mask (a segment mask per shape word,
-and the blend mask), and what the blend keeps and changes. Prints a markdown table with the machine described.
+self-attention; `--resolution` sets P2PAttentionCapture's), one blended by P2PLocalBlend's words (the attention-
+threshold mask, node defaults) and one blended by the mask of the left object's segments (P2PAttentionSegments
+with the two shape words, node defaults; the blend's words left empty). Measured in the world's 32x32 pixels
+against the source picture's exact object masks (`shapes_demo.metrics.object_mask`): the IoU of each mask (a
+segment mask per shape word, and the blend mask), and what the blend keeps and changes. Prints a markdown table
+with the machine described.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ class SegmentBench(Bench):
         return out[1], out[3]
 
 
-def measure(bench: SegmentBench, scenes: int) -> tuple[dict, int]:
-    """Metric -> {SEGMENTS: values, ATTENTION: values}; and the number of scenes skipped (an object not drawn)."""
+def measure(bench: SegmentBench, scenes: int, resolution: str | None = None) -> tuple[dict, int]:
+    """Metric -> {SEGMENTS: values, ATTENTION: values}; and the number of scenes skipped (an object not drawn).
+    `resolution`: P2PAttentionCapture's, for the capturing run (None: P2PSampler's default capture)."""
+    node = bench.pack.P2PAttentionCapture
+    capture = None if resolution is None else {**node_defaults(node), "resolution": resolution}
     scores: dict[str, dict[str, list[float]]] = {}
 
     def add(metric, side, value):
@@ -71,7 +75,7 @@ def measure(bench: SegmentBench, scenes: int) -> tuple[dict, int]:
         source_prompt = f"{_object(c1, s1)} on the left and {_object(c2, s2)} on the right"
         target_prompt = f"{_object(new, s1)} on the left and {_object(c2, s2)} on the right"
         seed = 5000 + i
-        images, attention = bench.run(source_prompt, target_prompt, seed)
+        images, attention = bench.run(source_prompt, target_prompt, seed, capture=capture)
         source = images[0]
         truth = {s1: metrics.object_mask(source, c1), s2: metrics.object_mask(source, c2)}
         if min(metrics.area(m) for m in truth.values()) < MIN_OBJECT:
@@ -114,13 +118,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=50)
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--resolution", help="P2PAttentionCapture's resolution for the capture (default: none, "
+                        "P2PSampler's default capture)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
     bench = SegmentBench(args.steps, CFG)
-    scores, skipped = measure(bench, args.scenes)
+    scores, skipped = measure(bench, args.scenes, args.resolution)
     print(f"\nSegmentBench: {args.scenes} scenes ({skipped} skipped: an object not drawn), {args.steps} steps "
-          f"{SAMPLER}/{SCHEDULER}, cfg {CFG}; machine: {describe()}; "
+          f"{SAMPLER}/{SCHEDULER}, cfg {CFG}, capture {args.resolution or 'default'}; machine: {describe()}; "
           f"{(time.perf_counter() - started) / 60:.1f} min\n")
     print(table(scores))
 
