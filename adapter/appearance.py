@@ -6,8 +6,8 @@ predictions the ones that land on the path's next latent), so they lend the outp
 real pictures. The output starts at the structure's inverted noise; an attn1 replace patch on the decoder's
 self-attention gives its rows the appearance's keys and values in the swap steps, and a PREDICT_NOISE wrapper
 sets its latent's channel statistics to the appearance's (AdaIN; within the two objects' masks when given) from
-`adain_start` on and, with swap guidance,
-evaluates the model a second time without the swap and extrapolates the output's prediction through the two.
+`adain_start` on and, with swap guidance, evaluates the model a second time without the swap and extrapolates
+the output's prediction through the two.
 """
 
 from __future__ import annotations

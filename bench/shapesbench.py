@@ -123,11 +123,15 @@ def _object(color: str, shape: str, extra: str = "") -> str:
     return with_article(" ".join(w for w in (extra, color, shape) if w))
 
 
-def _color_edit_scores(result: Result, side: str, source: np.ndarray, edited: np.ndarray, color: str, target: str):
+def _color_edit_scores(result: Result, side: str, source: np.ndarray, edited: np.ndarray, color: str,
+                       target: str) -> float:
+    """Adds the IoU and whether the colour was taken; returns the IoU."""
     src_mask = metrics.object_mask(source, color)
     edit_mask = metrics.object_mask(edited, target)
-    result.add(side, "iou", metrics.iou(src_mask, edit_mask))
-    result.add(side, "target color", float(metrics.object_mask(edited, target)[src_mask].mean() >= 0.5))
+    iou = metrics.iou(src_mask, edit_mask)
+    result.add(side, "iou", iou)
+    result.add(side, "target color", float(edit_mask[src_mask].mean() >= 0.5))
+    return iou
 
 
 def color_swap(bench: Bench, scenes: int) -> Result:
@@ -144,8 +148,7 @@ def color_swap(bench: Bench, scenes: int) -> Result:
             continue
         by_size = f"iou, source {'under' if source_area < SMALL_OBJECT else 'of at least'} {SMALL_OBJECT} px"
         for side, image in (("p2p", edited), ("baseline", bench.baseline(target_prompt, seed=i))):
-            _color_edit_scores(result, side, source, image, color, target)
-            result.add(side, by_size, getattr(result, side)["iou"][-1])
+            result.add(side, by_size, _color_edit_scores(result, side, source, image, color, target))
     return result
 
 
