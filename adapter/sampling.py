@@ -41,7 +41,7 @@ from .inversion import (
 )
 from .patch import HostRun, install
 from .style_aligned import reference_pin_of
-from .unet import MIN_BLEND_MAP_SIDE, UnsupportedModel, attention_sites, map_downsample
+from .unet import UnsupportedModel, attention_sites, map_downsample
 
 __all__ = ["InputNames", "SAMPLER_INPUTS", "GUIDER_INPUTS", "EditGuider", "RunOutput", "shared_noise_sampler",
            "check_invertible"]
@@ -196,8 +196,7 @@ class EditGuider(comfy.samplers.CFGGuider):
             prompts = (self.edit.batch.source, *(e.target for e in self.edit.batch.edits))
             downsample = (self.capture.downsample or map_downsample(self.sites, latent_side)) if self.sites else 1
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
-        blend_downsample = (map_downsample(self.sites, latent_side, min_side=MIN_BLEND_MAP_SIDE) if self.sites
-                            else None)
+        blend_downsample = map_downsample(self.sites, latent_side) if self.sites else None
         joint_blend = None if self.joint is None else blend_layers(self.joint, self.model_patcher.model.model_config
                                                                     .unet_config)
         run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder,

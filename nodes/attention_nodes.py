@@ -9,6 +9,7 @@ from ..adapter.errors import input_error, node_input
 from ..adapter.sampling import EditGuider
 from ..adapter.segments_view import NODE as SEGMENTS_NODE
 from ..adapter.segments_view import SEGMENT_COLOURS, segments_view
+from ..adapter.unet import MIN_MAP_SIDE
 from ..p2p import LAYER_GROUPS, CaptureSpec, Window
 from ..p2p.segments import LABEL_THRESHOLD, SEGMENTS
 from .sockets import CATEGORY, Attention, Capture
@@ -27,14 +28,14 @@ class P2PAttentionCapture(io.ComfyNode):
             category=CATEGORY,
             description="Chooses which attention maps P2P Sampler (or P2P Guider) captures for its attention "
             "output. Without this node the paper's choice is captured: the layers at 1/4 of the latent size "
-            "(16x16 for SD1.5 at 512 px), down and up blocks, all steps.",
+            "(16x16 for SD1.5 at 512 px; finer where that gives maps under 16x16), down and up blocks, all steps.",
             inputs=[
                 io.Boolean.Input("enabled", default=True, tooltip=(
                     "Off: nothing is captured and capturing costs nothing; the `attention` output is then empty.")),
                 io.Combo.Input("resolution", options=list(RESOLUTIONS), default="auto", tooltip=(
                     "Layers whose maps are captured, by size relative to the latent. auto: 1/4 (the paper's 16x16 "
-                    "maps at 512 px), or finer where 1/4 would give maps under 8x8 (a small latent); finer maps are "
-                    "sharper but noisier.")),
+                    f"maps at 512 px), or finer where 1/4 would give maps under {MIN_MAP_SIDE}x{MIN_MAP_SIDE} (a small "
+                    "latent, as the demo model's); finer maps are sharper but noisier.")),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="First step averaged, as a fraction of the steps."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01,

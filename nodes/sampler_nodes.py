@@ -21,7 +21,8 @@ from .sockets import CATEGORY, Attention, Capture, Edit, Inversion
 __all__ = ["P2PSampler", "P2PGuider"]
 
 CAPTURE_TOOLTIP = ("Which attention maps to capture (P2P Attention Capture). Unconnected: the paper's choice, the "
-                   "16x16-class layers of SD1.x (1/4 of the latent) over all steps.")
+                   "16x16-class layers of SD1.x (1/4 of the latent, or finer where that gives maps under 16x16) "
+                   "over all steps.")
 POSITIVE_TOOLTIP = ("Optional: a conditioning other nodes worked on (ControlNet Apply, Conditioning Set Area / "
                     "Mask / Timestep Range, hooks). Its text is replaced by the edit's prompts; everything applied "
                     "to it goes to the source and every edit. One conditioning, not a combination.")

@@ -29,46 +29,34 @@ def test_capturing_does_not_change_the_pictures_and_off_captures_nothing(host):
     assert _maps(out) is not None and _maps(out, "p2p_off") is None
 
 
-@pytest.mark.parametrize("size, downsample", [(256, 4), (128, 2)], ids=["quarter", "at_least_8x8"])
+@pytest.mark.parametrize("size, downsample", [(512, 4), (256, 2)], ids=["quarter", "at_least_16x16"])
 def test_default_capture_is_the_papers_choice(host, pack, size, downsample):
-    """1/4-resolution layers of the down and up blocks (256 px: a 32x32 latent, 8x8 maps), or finer where 1/4
-    would give maps under 8x8 (128 px: 1/2), every step; each pixel's attention sums to 1 over the source's
+    """1/4-resolution layers of the down and up blocks (512 px: a 64x64 latent, 16x16 maps), or finer where 1/4
+    would give maps under 16x16 (256 px: 1/2), every step; each pixel's attention sums to 1 over the source's
     tokens (a known answer: softmax rows, averaged)."""
     g, n = p2p_graph(steps=5, width=size, height=size)
     out = host.run(g.prompt(), keep=("p2p", "loader"))
     maps = _maps(out)
     sites = pack.adapter.unet.attention_sites(out["loader"][0])
     expected_layers = {s.key for s in sites if s.downsample == downsample and s.key[0] in ("input", "output")}
-    assert maps.spatial == (8, 8)
+    assert maps.spatial == (16, 16)
     assert maps.steps == tuple(range(5)) and maps.layer_count == len(expected_layers)
-    torch.testing.assert_close(maps.cross[0].sum(-1), torch.ones(8, 8))
-    assert maps.self_maps[0].shape == (64, 64)
+    torch.testing.assert_close(maps.cross[0].sum(-1), torch.ones(16, 16))
+    assert maps.self_maps[0].shape == (256, 256)
 
 
 @pytest.mark.parametrize("factors, latent_side, expected", [
-    ((1, 2, 4), 64, 4),  # SD1.5 at 512 px: the paper's 16x16
+    ((1, 2, 4, 8), 64, 4),  # SD1.5 at 512 px: the paper's 16x16
     ((2, 4), 128, 4),  # SDXL at 1024 px: 32x32
-    ((1, 2, 4), 16, 2),  # 1/4 would be 4x4
-    ((1, 2, 4), 8, 1),  # the demo model's 8x8 latent: 1/4 would be 2x2
+    ((1, 2, 4, 8), 32, 2),  # SD1.5 at 256 px: 16x16, not the 8x8 of 1/4
+    ((1, 2, 4), 16, 1),  # demo model v3: its full 16x16 latent (8x8 maps did not find its objects)
+    ((1, 2, 4), 8, 1),  # demo model v2: nothing finer than 8x8
     ((4,), 8, 4),  # nothing finer to take
 ])
-def test_maps_are_read_at_a_quarter_of_the_latent_but_not_under_8x8(pack, factors, latent_side, expected):
+def test_capture_and_blend_read_a_quarter_of_the_latent_but_not_under_16x16(pack, factors, latent_side, expected):
     unet = pack.adapter.unet
     sites = [unet.AttentionSite(("input", i, 0), factor) for i, factor in enumerate(factors)]
     assert unet.map_downsample(sites, latent_side) == expected
-
-
-@pytest.mark.parametrize("factors, latent_side, expected", [
-    ((1, 2, 4, 8), 64, 4),  # SD1.5 at 512 px: the paper's 16x16, as the capture
-    ((2, 4), 128, 4),  # SDXL at 1024 px: 32x32
-    ((1, 2, 4, 8), 32, 2),  # SD1.5 at 256 px: 16x16, where the capture takes 8x8
-    ((1, 2, 4), 16, 1),  # demo model v3: its full 16x16 latent (8x8 maps spilled over the other object)
-    ((1, 2, 4), 8, 1),  # demo model v2: nothing finer than 8x8
-])
-def test_local_blend_reads_maps_of_at_least_16x16(pack, factors, latent_side, expected):
-    unet = pack.adapter.unet
-    sites = [unet.AttentionSite(("input", i, 0), factor) for i, factor in enumerate(factors)]
-    assert unet.map_downsample(sites, latent_side, min_side=unet.MIN_BLEND_MAP_SIDE) == expected
 
 
 def test_capture_settings_choose_layers_and_steps(host):
@@ -96,7 +84,7 @@ def test_long_prompts_fold_their_repeated_contexts(host):
     maps = _maps(host.run(g.prompt(), keep=("p2p",)))
     assert maps.cross[0].shape[-1] == 154 and maps.cross[1].shape[-1] == 77
     for item in (0, 1):
-        torch.testing.assert_close(maps.cross[item].sum(-1), torch.ones(8, 8))
+        torch.testing.assert_close(maps.cross[item].sum(-1), torch.ones(16, 16))
 
 
 def _maps_graph(words="", item=1, decode=True, blend=False):
@@ -125,7 +113,7 @@ def test_attention_maps_node_draws_grids_and_sends_the_view_its_data(host, pack)
     assert data["items"][0]["words"] == ["circle"]  # "blue" is not in the source prompt
     assert data["items"][1]["words"] == ["circle", "blue"]
     heat = data["items"][1]["maps"][1]
-    assert (heat["h"], heat["w"]) == (8, 8) and max(heat["values"]) == 1.0
+    assert (heat["h"], heat["w"]) == (16, 16) and max(heat["values"]) == 1.0
     assert (host.base_dir / "temp" / data["items"][0]["image"]["filename"]).is_file()
     # the view's colour map comes with the maps: the anchors of the node's own image output, in 0..255
     anchors = np.array(data["colour_map"])

@@ -140,7 +140,7 @@ def test_object_words_attend_to_their_objects(host, pack):
     from p2p.capture import word_maps
 
     bench = Bench(steps=20, host=host)
-    # the second half of the steps, on the full-resolution (8x8) layers: where the picture shows through the noise
+    # the second half of the steps, on the full-resolution (16x16) layers: where the picture shows through the noise
     capture = pack.nodes.P2PAttentionCapture.execute(True, "1/1", 0.5, 1.0, "down+up", False, False)[0]
     lift = []
     for seed in range(4):
