@@ -564,8 +564,8 @@ ComfyUI's `input/` folder. The saved batch shows the output, then the two pictur
 
 On the demo model the look moves little (MODEL.md measures it); the method is made for large models such as
 SD1.5 and SDXL, where the self-attention of two pictures of one kind of object corresponds. *swap_guidance*
-is 1 (off) here: on the demo model it costs layout and moves no colour; 3.5, the node's default, is the
-paper's setting for real checkpoints.
+is 1 (off) here: on the demo model it costs more layout than the colour it adds; 3.5, the node's default, is
+the paper's setting for real checkpoints.
 """
 
 TRANSFER_SCENE = "p2p_demo_appearance.png"
@@ -588,7 +588,7 @@ def _demo_appearance_transfer() -> tuple[Graph, dict, list, dict]:
         positions |= {f"{name}_image": (380, 40 + 560 * row), name: (720, 40 + 560 * row)}
         sizes |= {f"{name}_image": (300, 340), name: (400, 520)}
     positive = g.node("CLIPTextEncode", "positive", title="Prompt", clip=model.out(1), text=TRANSFER_PROMPT)
-    # the node's defaults, but swap guidance off: on the demo model it costs layout and moves no colour (MODEL.md)
+    # the node's defaults, but swap guidance off: on the demo model it costs more layout than it adds colour (MODEL.md)
     settings: dict[str, Any] = dataclasses.asdict(AppearanceSpec(swap_guidance=1.0))
     transfer = g.node("P2PAppearanceTransfer", "transfer", model=model.out(0), structure=inversions["structure"],
                       appearance=inversions["appearance"], positive=positive,
