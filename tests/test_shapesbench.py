@@ -74,7 +74,7 @@ def test_recolouring_one_object_keeps_the_other(bench):
 
 
 def test_local_blend_keeps_the_untouched_object(bench):
-    """Issue #21's 35 dB for the untouched object: local blend reads the demo's 16x16 maps (MIN_BLEND_MAP_SIDE;
+    """Issue #21's 35 dB for the untouched object: local blend reads the demo's 16x16 maps (MIN_MAP_SIDE;
     from 8x8 maps the mask covered the other object and kept it no better than no blend at all)."""
     result = shapesbench.local_blend(bench, scenes=6)
     assert len(result.p2p["PSNR untouched object (dB)"]) >= 5, "the model drew too few of the sources"
