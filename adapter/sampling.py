@@ -191,12 +191,13 @@ class EditGuider(comfy.samplers.CFGGuider):
         start = self._start(noise, latent_image, sampler, sigmas, denoise_mask)
         num_steps = sigmas.shape[-1] - 1
         latent_side = min(latent_image.shape[-2:])
+        # the UNet layers local blend reads, and the default capture too (None: a transformer, no UNet sites)
+        blend_downsample = map_downsample(self.sites, latent_side) if self.sites else None
         recorder = None
         if self.capture is not None:
             prompts = (self.edit.batch.source, *(e.target for e in self.edit.batch.edits))
-            downsample = (self.capture.downsample or map_downsample(self.sites, latent_side)) if self.sites else 1
+            downsample = 1 if blend_downsample is None else self.capture.downsample or blend_downsample
             recorder = AttentionCapture(self.capture, prompts, num_steps, downsample)
-        blend_downsample = map_downsample(self.sites, latent_side) if self.sites else None
         joint_blend = None if self.joint is None else blend_layers(self.joint, self.model_patcher.model.model_config
                                                                     .unet_config)
         run = EditRun(self.edit.batch, num_steps=num_steps, blend_downsample=blend_downsample, capture=recorder,

@@ -67,12 +67,13 @@ def model_family(model_patcher) -> str:
 # from 16x16, and a blend mask (dilated by one map cell) that covered the untouched object (26 dB kept
 # against 44).
 MIN_MAP_SIDE = 16
+WANTED_DOWNSAMPLE = 4  # 1/4 of the latent: the paper's 16x16 maps on SD1.5's 64x64 latent at 512 px
 
 
-def map_downsample(sites: list[AttentionSite], latent_side: int, wanted: int = 4) -> int:
-    """The resolution class the default capture and local blend read: the one closest to `wanted` (1/4 of the
-    latent: the paper's 16x16 maps at 512 px) among those whose maps have at least MIN_MAP_SIDE cells a side on a
-    latent of `latent_side` (the shorter side), or the finest there is."""
+def map_downsample(sites: list[AttentionSite], latent_side: int) -> int:
+    """The resolution class the default capture and local blend read: the one closest to WANTED_DOWNSAMPLE among
+    those whose maps have at least MIN_MAP_SIDE cells a side on a latent of `latent_side` (the shorter side), or
+    the finest there is."""
     factors = sorted({s.downsample for s in sites})
     fine_enough = [f for f in factors if latent_side // f >= MIN_MAP_SIDE] or factors[:1]
-    return min(fine_enough, key=lambda f: (abs(f - wanted), f))
+    return min(fine_enough, key=lambda f: (abs(f - WANTED_DOWNSAMPLE), f))

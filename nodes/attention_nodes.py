@@ -28,7 +28,8 @@ class P2PAttentionCapture(io.ComfyNode):
             category=CATEGORY,
             description="Chooses which attention maps P2P Sampler (or P2P Guider) captures for its attention "
             "output. Without this node the paper's choice is captured: the layers at 1/4 of the latent size "
-            "(16x16 for SD1.5 at 512 px; finer where that gives maps under 16x16), down and up blocks, all steps.",
+            f"(16x16 for SD1.5 at 512 px; finer where that gives maps under {MIN_MAP_SIDE}x{MIN_MAP_SIDE}), down and "
+            "up blocks, all steps.",
             inputs=[
                 io.Boolean.Input("enabled", default=True, tooltip=(
                     "Off: nothing is captured and capturing costs nothing; the `attention` output is then empty.")),

@@ -16,13 +16,14 @@ from ..adapter.attention_view import DEFAULT_CAPTURE
 from ..adapter.errors import check_schedule, input_error
 from ..adapter.host_version import require_supported_host
 from ..adapter.sampling import GUIDER_INPUTS, SAMPLER_INPUTS, EditGuider, intermediate
+from ..adapter.unet import MIN_MAP_SIDE
 from .sockets import CATEGORY, Attention, Capture, Edit, Inversion
 
 __all__ = ["P2PSampler", "P2PGuider"]
 
 CAPTURE_TOOLTIP = ("Which attention maps to capture (P2P Attention Capture). Unconnected: the paper's choice, the "
-                   "16x16-class layers of SD1.x (1/4 of the latent, or finer where that gives maps under 16x16) "
-                   "over all steps.")
+                   f"16x16-class layers of SD1.x (1/4 of the latent, or finer where that gives maps under "
+                   f"{MIN_MAP_SIDE}x{MIN_MAP_SIDE}) over all steps.")
 POSITIVE_TOOLTIP = ("Optional: a conditioning other nodes worked on (ControlNet Apply, Conditioning Set Area / "
                     "Mask / Timestep Range, hooks). Its text is replaced by the edit's prompts; everything applied "
                     "to it goes to the source and every edit. One conditioning, not a combination.")
